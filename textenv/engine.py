@@ -1,0 +1,445 @@
+"""The batched core of TextRLHF-v0: N episode slots stepped together.
+
+:class:`~textenv.env.TextRLHFEnv` is this engine with one slot; :class:`~textenv.vector_env.TextRLHFVectorEnv`
+is it with N slots plus autoreset. Everything about the MDP (observation layout, termination, log-probs,
+KL, reward, beta) lives here, once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.error import InvalidAction
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from textenv.kl import AdaptiveKLController, get_estimator
+from textenv.models import (
+    evaluating,
+    frozen_copy,
+    load_causal_lm,
+    load_tokenizer,
+    model_device,
+    output_vocab_size,
+    tokenizer_source,
+)
+from textenv.prompts import Prompt, PromptSource, PromptSpec
+from textenv.rewards import RewardModel, as_reward_model, compute_scores
+from textenv.scoring import IncrementalLogprobs, response_logprobs
+
+
+class _DefaultTask:
+    """Marker for "use the embedded default task" (the constructors' default ``policy``)."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_TASK"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _DefaultTask:
+        return self
+
+
+DEFAULT_TASK: Any = _DefaultTask()
+
+KLPlacement = Literal["terminal", "per_token"]
+REWARD_FORM = "score - kl_coef * kl"
+POLICY_FREE_REWARD_FORM = "score + kl_coef * sum(ref_logprobs)"
+
+
+@dataclass
+class Finished:
+    """Episodes that ended on one step, with what their terminal ``info`` reports (one entry per slot)."""
+
+    slots: np.ndarray  # (n,) slot indices
+    score: np.ndarray  # (n,) reward-model scores
+    kl: np.ndarray | None  # (n,) per-sequence KL in nats (None when policy=None)
+    kl_coef: float  # beta used for these rewards
+    logprobs: list[np.ndarray] | None  # n arrays (T_i,), policy log-probs (None when policy=None)
+    ref_logprobs: list[np.ndarray]  # n arrays (T_i,)
+    prompts: list[str]
+    responses: list[str]
+    prompt_truncated: np.ndarray  # (n,) bool
+
+
+@dataclass
+class StepResult:
+    rewards: np.ndarray  # (n,) float64, one per stepped slot
+    terminated: np.ndarray  # (n,) bool
+    finished: Finished | None
+    token_logprob: np.ndarray | None  # (n,) per_token placement only: log pi(a_t|s_t)
+    token_ref_logprob: np.ndarray | None  # (n,) per_token placement only
+    token_kl: np.ndarray | None  # (n,) per_token placement only: k(lp_t, lr_t)
+
+
+def _is_model_spec(spec: Any) -> bool:
+    return isinstance(spec, PreTrainedModel | str | os.PathLike)
+
+
+class RLHFEngine:
+    """State and scoring of ``num_slots`` token-generation episodes; see ``TextRLHFEnv`` for arguments."""
+
+    def __init__(
+        self,
+        num_slots: int = 1,
+        *,
+        policy: Any = DEFAULT_TASK,
+        reference: Any = None,
+        tokenizer: Any = None,
+        reward_model: Any = None,
+        prompts: PromptSpec | None = None,
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 64,
+        temperature: float = 1.0,
+        kl_coef: float = 0.2,
+        kl_estimator: str = "k1",
+        kl_placement: KLPlacement = "terminal",
+        kl_target: float | None = None,
+        kl_horizon: float = 10_000,
+        device: str | torch.device | None = None,
+        truncate_prompts: bool = False,
+        reward_label: str | int | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if num_slots < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_slots}")
+        if max_new_tokens < 1 or max_prompt_tokens < 1:
+            raise ValueError(
+                f"max_new_tokens and max_prompt_tokens must be >= 1, got {max_new_tokens} and "
+                f"{max_prompt_tokens}"
+            )
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if kl_placement not in ("terminal", "per_token"):
+            raise ValueError(f"kl_placement must be 'terminal' or 'per_token', got {kl_placement!r}")
+        if policy is DEFAULT_TASK:
+            raise ValueError(
+                "TextRLHF-v0 has no embedded default task in this version: pass policy= (a causal LM "
+                "object, local directory or hub name, or None), tokenizer=, reward_model= and prompts="
+            )
+        if policy is None and reference is None:
+            raise ValueError("policy=None needs a reference model: pass reference=...")
+        if reward_model is None:
+            raise ValueError("pass reward_model= (a callable, a classifier, a pipeline or a path)")
+        if prompts is None:
+            raise ValueError("pass prompts= (a list of strings or a callable (np_random) -> str)")
+
+        self.num_slots = num_slots
+        self.max_new_tokens = max_new_tokens
+        self.max_prompt_tokens = max_prompt_tokens
+        self.temperature = float(temperature)
+        self.kl_estimator_name = kl_estimator
+        self.kl_estimator = get_estimator(kl_estimator)
+        self.kl_placement: KLPlacement = kl_placement
+        self.kl_ctl = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+
+        # models: the policy is shared with the agent (never copied); the reference is frozen
+        first = policy if policy is not None else reference
+        if device is None:
+            device = model_device(first) if isinstance(first, PreTrainedModel) else "cpu"
+        self.device = torch.device(device)
+        self.policy: PreTrainedModel | None = None
+        if policy is not None:
+            self.policy = load_causal_lm(policy, device=self.device, trust_remote_code=trust_remote_code)
+        if reference is None:
+            assert self.policy is not None
+            reference = frozen_copy(self.policy)
+        self.reference: PreTrainedModel = load_causal_lm(
+            reference, device=self.device, trust_remote_code=trust_remote_code
+        )
+        self.reference.requires_grad_(False)
+        self.vocab_size = output_vocab_size(self.reference)
+        if self.policy is not None and output_vocab_size(self.policy) != self.vocab_size:
+            raise ValueError(
+                f"the policy has {output_vocab_size(self.policy)} output tokens and the reference "
+                f"{self.vocab_size}; they must share one vocabulary"
+            )
+
+        if tokenizer is None:
+            source = tokenizer_source(first)
+            if source is None:
+                raise ValueError("cannot tell which tokenizer goes with the policy: pass tokenizer=...")
+            tokenizer = source
+        self.tokenizer: PreTrainedTokenizerBase = load_tokenizer(
+            tokenizer, trust_remote_code=trust_remote_code
+        )
+        self.eos_token_id: int | None = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        if pad is None:
+            pad = self.eos_token_id  # read, never written back: the user's tokenizer is not changed
+        self.pad_token_id = int(pad) if pad is not None and 0 <= pad < self.vocab_size else 0
+
+        self.reward_model: RewardModel = as_reward_model(
+            reward_model, label=reward_label, device=self.device, trust_remote_code=trust_remote_code
+        )
+        self.prompt_source = PromptSource(
+            prompts,
+            self.tokenizer,
+            max_prompt_tokens=max_prompt_tokens,
+            vocab_size=self.vocab_size,
+            truncate=truncate_prompts,
+        )
+
+        width = max_prompt_tokens + max_new_tokens
+        self.observation_space = spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.vocab_size - 1, shape=(width,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
+            }
+        )
+        self.action_space = spaces.Discrete(self.vocab_size)
+
+        # per-slot state
+        self.input_ids = np.full((num_slots, width), self.pad_token_id, dtype=np.int64)
+        self.attention_mask = np.zeros((num_slots, width), dtype=np.int64)
+        self.response_length = np.zeros(num_slots, dtype=np.int64)
+        self.active = np.zeros(num_slots, dtype=bool)  # an episode is running: the slot may step
+        self.prompts: list[Prompt | None] = [None] * num_slots
+        self._incremental: list[IncrementalLogprobs] = []
+        if kl_placement == "per_token":
+            self._logprobs = np.zeros((num_slots, max_new_tokens), dtype=np.float64)
+            self._ref_logprobs = np.zeros((num_slots, max_new_tokens), dtype=np.float64)
+            self._incremental = [
+                IncrementalLogprobs(
+                    model,
+                    num_slots,
+                    max_prompt_tokens,
+                    max_new_tokens,
+                    self.temperature,
+                    self.pad_token_id,
+                )
+                for model in (self.policy, self.reference)
+                if model is not None
+            ]
+
+    # ------------------------------------------------------------------ beta
+    @property
+    def kl_coef(self) -> float:
+        return self.kl_ctl.value
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        if value < 0:
+            raise ValueError(f"kl_coef must be >= 0, got {value}")
+        self.kl_ctl.value = float(value)
+
+    @property
+    def reward_form(self) -> str:
+        return REWARD_FORM if self.policy is not None else POLICY_FREE_REWARD_FORM
+
+    # ------------------------------------------------------------------ prompts and reset
+    def encode_prompt(self, text: str) -> Prompt:
+        return self.prompt_source.encode(text)
+
+    def draw_prompt(self, rng: np.random.Generator) -> Prompt:
+        return self.prompt_source.draw(rng)
+
+    def reset(self, slots: Sequence[int] | np.ndarray, prompts: Sequence[Prompt]) -> None:
+        """Start new episodes in ``slots`` with ``prompts`` (already drawn and checked)."""
+        slots = np.asarray(slots, dtype=np.int64)
+        if slots.size == 0:
+            return
+        P = self.max_prompt_tokens
+        self.input_ids[slots] = self.pad_token_id
+        self.attention_mask[slots] = 0
+        for slot, prompt in zip(slots.tolist(), prompts, strict=True):
+            n = prompt.token_ids.size
+            self.input_ids[slot, P - n : P] = prompt.token_ids
+            self.attention_mask[slot, P - n : P] = 1
+            self.prompts[slot] = prompt
+        self.response_length[slots] = 0
+        self.active[slots] = True
+        if self._incremental:
+            ids = torch.from_numpy(self.input_ids[slots, :P]).to(self.device)
+            mask = torch.from_numpy(self.attention_mask[slots, :P]).to(self.device)
+            index = torch.from_numpy(slots).to(self.device)
+            with evaluating(self.policy, self.reference):
+                for scorer in self._incremental:
+                    scorer.prefill(index, ids, mask)
+
+    # ------------------------------------------------------------------ observations
+    def observation(self, slots: int | Sequence[int] | np.ndarray | slice) -> dict[str, np.ndarray]:
+        """Copies of the rows of ``slots`` (so that stored observations never change)."""
+        return {
+            "input_ids": self.input_ids[slots].copy(),
+            "attention_mask": self.attention_mask[slots].copy(),
+        }
+
+    def text(self, slot: int) -> str:
+        """Prompt and response so far of ``slot``, decoded (what ``render_mode='ansi'`` shows)."""
+        prompt = self.prompts[slot]
+        if prompt is None:
+            return ""
+        P = self.max_prompt_tokens
+        response = self.input_ids[slot, P : P + self.response_length[slot]].tolist()
+        return prompt.text + str(self.tokenizer.decode(response))
+
+    def check_actions(self, actions: Any, expected: int) -> np.ndarray:
+        """Validate actions without changing anything: (expected,) integers in [0, V)."""
+        array = np.asarray(actions)
+        if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
+            raise InvalidAction(
+                f"actions must be integer token ids, got dtype {array.dtype} ({actions!r:.80})"
+            )
+        array = array.reshape(-1) if array.size == expected else array
+        if array.shape != (expected,):
+            raise InvalidAction(f"expected {expected} action(s), got shape {np.shape(actions)}")
+        bad = (array < 0) | (array >= self.vocab_size)
+        if bad.any():
+            raise InvalidAction(
+                f"action {int(array[bad][0])} is outside the vocabulary Discrete({self.vocab_size})"
+            )
+        return array.astype(np.int64)
+
+    # ------------------------------------------------------------------ step
+    def step(self, slots: np.ndarray, actions: np.ndarray) -> StepResult:
+        """Append ``actions`` (n,) to the responses of the running episodes in ``slots`` (n,).
+
+        All work that can fail (the reward model) happens before the state changes for good: on an
+        exception the slots are left exactly as they were.
+        """
+        assert self.active[slots].all(), "step on a slot without a running episode"
+        P, T = self.max_prompt_tokens, self.max_new_tokens
+        length = self.response_length[slots]
+        columns = P + length
+        self.input_ids[slots, columns] = actions
+        self.attention_mask[slots, columns] = 1
+        terminated = length + 1 >= T
+        if self.eos_token_id is not None:
+            terminated |= actions == self.eos_token_id
+        beta = self.kl_ctl.value
+        token_lp = token_lr = token_kl = None
+        try:
+            if self._incremental:
+                index = torch.from_numpy(slots).to(self.device)
+                tokens = torch.from_numpy(actions).to(self.device)
+                gathered = [s.gather(index, tokens).double().cpu().numpy() for s in self._incremental]
+                token_lr = gathered[-1]
+                self._ref_logprobs[slots, length] = token_lr
+                if self.policy is not None:
+                    token_lp = gathered[0]
+                    self._logprobs[slots, length] = token_lp
+                    token_kl = self.kl_estimator(
+                        torch.from_numpy(token_lp), torch.from_numpy(token_lr)
+                    ).numpy()
+            finished = (
+                self._finish(slots[terminated], length[terminated] + 1, beta) if terminated.any() else None
+            )
+        except BaseException:
+            self.input_ids[slots, columns] = self.pad_token_id
+            self.attention_mask[slots, columns] = 0
+            raise
+
+        # commit
+        self.response_length[slots] = length + 1
+        self.active[slots[terminated]] = False
+        rewards = np.zeros(slots.size, dtype=np.float64)
+        if self.kl_placement == "per_token":
+            assert token_lr is not None
+            rewards += -beta * token_kl if token_kl is not None else beta * token_lr
+            go_on = ~terminated
+            if go_on.any():
+                index = torch.from_numpy(slots[go_on]).to(self.device)
+                tokens = torch.from_numpy(actions[go_on]).to(self.device)
+                with evaluating(self.policy, self.reference):
+                    for scorer in self._incremental:
+                        scorer.advance(index, tokens)
+        if finished is not None:
+            if self.kl_placement == "per_token":
+                rewards[terminated] += finished.score
+            elif finished.kl is not None:
+                rewards[terminated] = finished.score - beta * finished.kl
+            else:
+                sums = np.array([lr.sum() for lr in finished.ref_logprobs])
+                rewards[terminated] = finished.score + beta * sums
+            if finished.kl is not None:
+                self.kl_ctl.update(float(finished.kl.mean()), len(finished.slots))
+        return StepResult(rewards, terminated, finished, token_lp, token_lr, token_kl)
+
+    def _finish(self, slots: np.ndarray, lengths: np.ndarray, beta: float) -> Finished:
+        """Score episodes that end now: log-probs, KL and the reward model, batched; changes no state."""
+        P = self.max_prompt_tokens
+        width = P + int(lengths.max())
+        if self._incremental:
+            ref = [self._ref_logprobs[s, :n].copy() for s, n in zip(slots, lengths, strict=True)]
+            pol = (
+                [self._logprobs[s, :n].copy() for s, n in zip(slots, lengths, strict=True)]
+                if self.policy is not None
+                else None
+            )
+        else:
+            ids = torch.from_numpy(self.input_ids[slots, :width]).to(self.device)
+            mask = torch.from_numpy(self.attention_mask[slots, :width]).to(self.device)
+            with evaluating(self.policy, self.reference):
+                ref_t = response_logprobs(self.reference, ids, mask, P, self.temperature).double().cpu()
+                pol_t = (
+                    response_logprobs(self.policy, ids, mask, P, self.temperature).double().cpu()
+                    if self.policy is not None
+                    else None
+                )
+            ref = [ref_t[i, :n].numpy() for i, n in enumerate(lengths)]
+            pol = [pol_t[i, :n].numpy() for i, n in enumerate(lengths)] if pol_t is not None else None
+        kl = None
+        if pol is not None:
+            kl = np.array(
+                [
+                    float(self.kl_estimator(torch.from_numpy(lp), torch.from_numpy(lr)).sum())
+                    for lp, lr in zip(pol, ref, strict=True)
+                ]
+            )
+        started = [self.prompts[s] for s in slots]
+        assert all(p is not None for p in started)
+        prompts = [p.text for p in started if p is not None]
+        responses = self.tokenizer.batch_decode(
+            [self._response_tokens(s, n) for s, n in zip(slots, lengths, strict=True)],
+            skip_special_tokens=True,
+        )
+        score = compute_scores(self.reward_model, prompts, responses)
+        return Finished(
+            slots=slots,
+            score=score,
+            kl=kl,
+            kl_coef=beta,
+            logprobs=pol,
+            ref_logprobs=ref,
+            prompts=prompts,
+            responses=responses,
+            prompt_truncated=np.array([p.truncated for p in started if p is not None]),
+        )
+
+    def _response_tokens(self, slot: int, length: int) -> list[int]:
+        """Response token ids of ``slot``, without the EOS that ended it."""
+        P = self.max_prompt_tokens
+        tokens = self.input_ids[slot, P : P + length].tolist()
+        if tokens and tokens[-1] == self.eos_token_id:
+            tokens.pop()
+        return tokens
+
+
+def slot_info(result: StepResult, i: int) -> dict[str, Any]:
+    """The ``info`` dict of the ``i``-th stepped slot (the single env's info; the vector env batches it)."""
+    info: dict[str, Any] = {}
+    if result.token_ref_logprob is not None:
+        info["ref_logprob"] = float(result.token_ref_logprob[i])
+        if result.token_logprob is not None and result.token_kl is not None:
+            info["logprob"] = float(result.token_logprob[i])
+            info["token_kl"] = float(result.token_kl[i])
+    done = result.finished
+    if done is not None and result.terminated[i]:
+        j = int(np.count_nonzero(result.terminated[:i]))  # index among the finished slots
+        info["score"] = float(done.score[j])
+        if done.kl is not None and done.logprobs is not None:
+            info["kl"] = float(done.kl[j])
+            info["logprobs"] = done.logprobs[j]
+        info.update(
+            kl_coef=done.kl_coef,
+            ref_logprobs=done.ref_logprobs[j],
+            prompt=done.prompts[j],
+            response=done.responses[j],
+            prompt_truncated=bool(done.prompt_truncated[j]),
+            reward_form=REWARD_FORM if done.kl is not None else POLICY_FREE_REWARD_FORM,
+        )
+    return info

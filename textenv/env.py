@@ -1,0 +1,222 @@
+"""TextRLHF-v0: token-level RLHF as a Gymnasium environment (one episode at a time)."""
+
+from __future__ import annotations
+
+from typing import Any, SupportsFloat
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.error import ResetNeeded
+
+from textenv.engine import DEFAULT_TASK, KLPlacement, RLHFEngine, slot_info
+from textenv.prompts import PromptSpec
+
+
+class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
+    """
+    ## Description
+
+    Generating a response to a prompt, one token at a time, as a Markov decision process, with the RLHF
+    reward: a reward model's score of the finished response minus ``kl_coef`` times the KL divergence of the
+    policy from a frozen reference model (Ziegler et al., 2019; Stiennon et al., 2020; Ouyang et al., 2022).
+
+    The environment holds the policy being trained (``env.unwrapped.policy``, the agent's own model, shared,
+    never copied) because the KL term needs its log-probabilities, and a frozen reference
+    (``env.unwrapped.reference``). The vector version, ``gymnasium.make_vec("TextRLHF-v0", num_envs=N)``,
+    steps N episodes with one batched forward pass per model; this class is its one-episode case.
+
+    ## Action Space
+
+    ``Discrete(V)``: the id of the next token, V being the policy's output vocabulary size (which may exceed
+    ``len(tokenizer)`` when the embedding matrix is padded).
+
+    ## Observation Space
+
+    A ``Dict`` of two ``Box(int64)`` arrays of length ``L = max_prompt_tokens + max_new_tokens``:
+
+    | key              | contents                                                                   |
+    |------------------|----------------------------------------------------------------------------|
+    | `input_ids`      | the prompt, left-padded into columns ``[0, max_prompt_tokens)``, then the   |
+    |                  | response so far from column ``max_prompt_tokens`` on; pad id elsewhere      |
+    | `attention_mask` | 1 where ``input_ids`` holds a real token, 0 on padding                      |
+
+    Token columns never move during an episode, so the observation feeds a causal LM directly with
+    ``position_ids = cumsum(attention_mask) - 1``, and the next-token logits are those at column
+    ``max_prompt_tokens + t - 1`` after ``t`` response tokens.
+
+    ## Rewards
+
+    0 on every step but the last. At the last step (``kl_placement="terminal"``, the default)::
+
+        r_T = score(x, y) - kl_coef * KL(x, y),    KL = sum_t k(log pi(a_t|s_t), log pi_ref(a_t|s_t))
+
+    in nats per sequence, ``k`` the estimator ``kl_estimator`` (k1, k2 or k3, see ``textenv.kl``). Log-probs
+    are those of the sampling distribution, ``log_softmax(logits / temperature)``, for policy and reference
+    alike; they are computed by one teacher-forced pass of each model when the episode ends.
+
+    With ``kl_placement="per_token"`` each step pays ``r_t = -kl_coef * k_t`` and the last step adds the
+    score: the same total, computed incrementally with KV caches.
+
+    With ``policy=None`` (an agent whose policy is not a language model, such as an SB3 MLP) the policy's
+    log-probs are unknown, and the reward is ``score + kl_coef * sum_t log pi_ref(a_t|s_t)``; ``info`` says
+    so in ``reward_form``. Adding an entropy bonus of ``kl_coef`` in the agent gives the same objective in
+    expectation, since ``E_pi[sum_t log pi_ref] + H(pi) = -KL(pi || pi_ref)``.
+
+    ``kl_coef`` is fixed, or, with ``kl_target`` set, adapted after every batch of finished episodes by
+    Ziegler et al.'s controller (``textenv.AdaptiveKLController``); read or set it as
+    ``env.unwrapped.kl_coef``. Each episode's reward uses the value before the update its own KL causes.
+
+    ## Starting State
+
+    A prompt drawn with ``self.np_random`` from ``prompts`` (uniformly from a list, or by calling
+    ``prompts(np_random)``), or the one given as ``reset(options={"prompt": text})``; an empty response.
+
+    ## Episode End
+
+    The episode ends with ``terminated=True`` when the action is the tokenizer's EOS token or when the
+    response reaches ``max_new_tokens`` tokens; the reward is paid there and nothing follows. ``truncated``
+    stays False (it is reserved for limits the task did not define, e.g. a ``TimeLimit`` wrapper).
+
+    ## Info
+
+    ``reset``: ``prompt`` (text) and ``prompt_truncated``. Last step: ``score``, ``kl``, ``kl_coef``,
+    ``logprobs`` and ``ref_logprobs`` (numpy, one per response token, EOS included), ``prompt``,
+    ``response`` (decoded without the final EOS and special tokens), ``prompt_truncated`` and
+    ``reward_form``. With ``policy=None``: no ``kl``/``logprobs``. With ``per_token``, every step also
+    reports ``logprob``, ``ref_logprob`` and ``token_kl`` of its token.
+
+    ## Arguments
+
+    ```python
+    gymnasium.make("TextRLHF-v0", policy=..., reference=None, tokenizer=None, reward_model=...,
+                   prompts=[...], max_new_tokens=32, max_prompt_tokens=64, temperature=1.0,
+                   kl_coef=0.2, kl_estimator="k1", kl_placement="terminal", kl_target=None,
+                   kl_horizon=10000, device=None, render_mode=None)
+    ```
+
+    * ``policy``: the causal LM being trained (object, local directory or hub name), or ``None``.
+    * ``reference``: the frozen reference (same forms); default: a frozen copy of the initial policy.
+    * ``tokenizer``: the policy's tokenizer (object, directory or hub name); default: from the policy's path.
+      A tokenizer without a pad token is fine: the EOS id fills the padding, the tokenizer is not changed.
+    * ``reward_model``: a callable ``(prompts, responses) -> scores``, an object with ``.score``, a
+      transformers sequence classifier (object, directory or hub name; give ``reward_label`` when it has
+      several labels) or a ``text-classification`` pipeline. See ``textenv.rewards``.
+    * ``prompts``: a list of strings or a callable ``(np_random) -> str``.
+    * ``max_new_tokens``, ``max_prompt_tokens``: the response limit and the prompt width. A longer prompt
+      raises ``ValueError`` unless ``truncate_prompts=True`` (keep its last tokens; flagged in ``info``).
+    * ``temperature``: of the sampling distribution whose log-probs enter the KL.
+    * ``kl_coef``, ``kl_estimator``, ``kl_placement``, ``kl_target``, ``kl_horizon``: beta and the KL term.
+    * ``device``: where the models run (default: the policy's device, else CPU).
+    * ``render_mode``: ``"ansi"`` returns the text so far from ``render()``.
+    * ``trust_remote_code``: passed to ``from_pretrained``; off unless you turn it on.
+
+    ## Version History
+
+    * v0: initial version.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012  (Gymnasium's convention)
+
+    def __init__(
+        self,
+        policy: Any = DEFAULT_TASK,
+        reference: Any = None,
+        tokenizer: Any = None,
+        reward_model: Any = None,
+        prompts: PromptSpec | None = None,
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 64,
+        temperature: float = 1.0,
+        kl_coef: float = 0.2,
+        kl_estimator: str = "k1",
+        kl_placement: KLPlacement = "terminal",
+        kl_target: float | None = None,
+        kl_horizon: float = 10_000,
+        device: str | torch.device | None = None,
+        render_mode: str | None = None,
+        truncate_prompts: bool = False,
+        reward_label: str | int | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
+        self.render_mode = render_mode
+        self.engine = RLHFEngine(
+            1,
+            policy=policy,
+            reference=reference,
+            tokenizer=tokenizer,
+            reward_model=reward_model,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            temperature=temperature,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+            kl_placement=kl_placement,
+            kl_target=kl_target,
+            kl_horizon=kl_horizon,
+            device=device,
+            truncate_prompts=truncate_prompts,
+            reward_label=reward_label,
+            trust_remote_code=trust_remote_code,
+        )
+        self.observation_space = self.engine.observation_space  # type: ignore[assignment]
+        self.action_space = self.engine.action_space
+        self._slot = np.zeros(1, dtype=np.int64)
+        self._needs_reset = True
+
+    # the models and beta, as DESIGN.md names them
+    @property
+    def policy(self) -> Any:
+        return self.engine.policy
+
+    @property
+    def reference(self) -> Any:
+        return self.engine.reference
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def reward_model(self) -> Any:
+        return self.engine.reward_model
+
+    @property
+    def kl_coef(self) -> float:
+        return self.engine.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.engine.kl_coef = value
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode; ``options={"prompt": text}`` fixes its prompt instead of drawing one."""
+        if options and options.get("prompt") is not None:
+            prompt = self.engine.encode_prompt(options["prompt"])  # may raise: nothing changed yet
+            super().reset(seed=seed)
+        else:
+            super().reset(seed=seed)
+            prompt = self.engine.draw_prompt(self.np_random)
+        self.engine.reset(self._slot, [prompt])
+        self._needs_reset = False
+        obs = self.engine.observation(0)
+        return obs, {"prompt": prompt.text, "prompt_truncated": prompt.truncated}
+
+    def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._needs_reset:
+            raise ResetNeeded("step() called before reset() or after the episode ended; call reset() first")
+        actions = self.engine.check_actions(action, 1)
+        result = self.engine.step(self._slot, actions)
+        terminated = bool(result.terminated[0])
+        self._needs_reset = terminated
+        return self.engine.observation(0), float(result.rewards[0]), terminated, False, slot_info(result, 0)
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return self.engine.text(0)
+        return None

@@ -1,0 +1,108 @@
+"""Loading the policy, the reference and tokenizers: from an object, a local directory or a hub name.
+
+Weights load with safetensors only (``use_safetensors=True``), and ``trust_remote_code`` stays off unless
+the caller turns it on. A hub name works where the hub is reachable (or cached with ``HF_HUB_OFFLINE=1``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+ModelSpec = PreTrainedModel | str | os.PathLike[str]
+TokenizerSpec = PreTrainedTokenizerBase | str | os.PathLike[str]
+
+
+def load_causal_lm(
+    spec: ModelSpec, *, device: torch.device | None = None, trust_remote_code: bool = False
+) -> PreTrainedModel:
+    """Return a causal LM: ``spec`` itself if it is a model, else ``from_pretrained(spec)``."""
+    if isinstance(spec, PreTrainedModel):
+        model = spec
+    elif isinstance(spec, str | os.PathLike):
+        model = AutoModelForCausalLM.from_pretrained(
+            os.fspath(spec), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    else:
+        raise TypeError(
+            "a policy or reference must be a transformers PreTrainedModel, a local directory or a hub "
+            f"name; got {type(spec).__name__}"
+        )
+    if device is not None:
+        torch.nn.Module.to(model, device)  # in place: a shared policy stays the same object
+    return model
+
+
+def load_tokenizer(spec: TokenizerSpec, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """Return a tokenizer: ``spec`` itself if it is one, else ``AutoTokenizer.from_pretrained(spec)``."""
+    if isinstance(spec, PreTrainedTokenizerBase):
+        return spec
+    if isinstance(spec, str | os.PathLike):
+        return AutoTokenizer.from_pretrained(os.fspath(spec), trust_remote_code=trust_remote_code)
+    raise TypeError(
+        "tokenizer must be a transformers tokenizer, a local directory or a hub name; "
+        f"got {type(spec).__name__}"
+    )
+
+
+def tokenizer_source(model_spec: Any) -> str | None:
+    """Where to look for a tokenizer when none was given: the model's own path or hub name."""
+    if isinstance(model_spec, str | os.PathLike):
+        return os.fspath(model_spec)
+    name = getattr(getattr(model_spec, "config", None), "_name_or_path", "")
+    return name or None
+
+
+def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
+    """A deep copy in eval mode with gradients off: the reference of an RLHF run."""
+    reference = copy.deepcopy(model)
+    reference.eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def output_vocab_size(model: PreTrainedModel) -> int:
+    """Number of logits the model produces per position, i.e. the size of the action space."""
+    head = model.get_output_embeddings()
+    if head is not None and hasattr(head, "weight"):
+        return int(head.weight.shape[0])
+    return int(model.config.get_text_config().vocab_size)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    for parameter in model.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+class evaluating:
+    """Context manager: the model in eval mode and autograd off, its previous mode restored after.
+
+    The env shares the policy with the agent, which may be in train mode; log-probs must not depend on
+    dropout, and the agent's mode must not change under it.
+    """
+
+    def __init__(self, *models: torch.nn.Module | None):
+        self.models = [m for m in models if m is not None]
+        self._modes: list[bool] = []
+        self._grad = torch.inference_mode()
+
+    def __enter__(self) -> None:
+        self._modes = [m.training for m in self.models]
+        for m in self.models:
+            m.eval()
+        self._grad.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self._grad.__exit__(*exc)
+        for m, mode in zip(self.models, self._modes, strict=True):
+            m.train(mode)

@@ -1,0 +1,242 @@
+"""TextRLHF-v0, batched: N episodes stepped with one forward pass per model (``gymnasium.make_vec``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium.error import ResetNeeded
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from textenv.engine import DEFAULT_TASK, KLPlacement, RLHFEngine, slot_info
+from textenv.prompts import Prompt, PromptSpec
+
+
+def merge_infos(per_slot: Sequence[tuple[int, dict[str, Any]]], num_envs: int) -> dict[str, Any]:
+    """Batch per-slot info dicts the Gymnasium vector way: ``info[key]`` is an array over slots and
+    ``info["_" + key]`` a boolean mask of the slots that reported ``key``. Per-token arrays (whose length
+    differs between episodes) and strings go into object arrays."""
+    infos: dict[str, Any] = {}
+    for slot, info in per_slot:
+        for key, value in info.items():
+            if key not in infos:
+                if isinstance(value, bool | np.bool_):
+                    infos[key] = np.zeros(num_envs, dtype=bool)
+                elif isinstance(value, int | np.integer):
+                    infos[key] = np.zeros(num_envs, dtype=np.int64)
+                elif isinstance(value, float | np.floating):
+                    infos[key] = np.zeros(num_envs, dtype=np.float64)
+                else:
+                    infos[key] = np.full(num_envs, None, dtype=object)
+                infos["_" + key] = np.zeros(num_envs, dtype=bool)
+            infos[key][slot] = value
+            infos["_" + key][slot] = True
+    return infos
+
+
+class TextRLHFVectorEnv(VectorEnv):
+    """``num_envs`` episodes of :class:`~textenv.env.TextRLHFEnv`, stepped together.
+
+    Every step makes at most one batched forward pass per model: the teacher-forced scoring of all the
+    episodes that ended on that step (``kl_placement="terminal"``), or one KV-cached token step of all
+    running episodes (``"per_token"``); the reward model is called once with every finished episode.
+    Autoreset is ``NEXT_STEP``: the step after an episode ends resets its slot (the action is ignored,
+    reward 0, ``terminated=False``) and returns the new prompt's observation.
+
+    With seeds ``s, s+1, ...`` it gives the same trajectories as that many ``TextRLHFEnv`` reset with those
+    seeds and reset again without a seed after each episode; per-token values agree to float precision
+    (batched matrix products round differently). With an adaptive ``kl_coef`` the sub-environments share one
+    controller, as one trainer would, so beta follows all of their episodes.
+
+    Arguments are those of :class:`~textenv.env.TextRLHFEnv`, plus ``num_envs``. ``reset`` takes
+    ``options={"prompt": text}`` (every slot), ``{"prompts": [text, ...]}`` (one per slot) and
+    ``{"reset_mask": bool array}`` (reset only those slots).
+    """
+
+    metadata: dict[str, Any] = {  # noqa: RUF012  (Gymnasium's convention: a class attribute)
+        "render_modes": ["ansi"],
+        "autoreset_mode": AutoresetMode.NEXT_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        policy: Any = DEFAULT_TASK,
+        reference: Any = None,
+        tokenizer: Any = None,
+        reward_model: Any = None,
+        prompts: PromptSpec | None = None,
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 64,
+        temperature: float = 1.0,
+        kl_coef: float = 0.2,
+        kl_estimator: str = "k1",
+        kl_placement: KLPlacement = "terminal",
+        kl_target: float | None = None,
+        kl_horizon: float = 10_000,
+        device: str | torch.device | None = None,
+        render_mode: str | None = None,
+        truncate_prompts: bool = False,
+        reward_label: str | int | None = None,
+        trust_remote_code: bool = False,
+    ):
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
+        self.render_mode = render_mode
+        self.engine = RLHFEngine(
+            num_envs,
+            policy=policy,
+            reference=reference,
+            tokenizer=tokenizer,
+            reward_model=reward_model,
+            prompts=prompts,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            temperature=temperature,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+            kl_placement=kl_placement,
+            kl_target=kl_target,
+            kl_horizon=kl_horizon,
+            device=device,
+            truncate_prompts=truncate_prompts,
+            reward_label=reward_label,
+            trust_remote_code=trust_remote_code,
+        )
+        self.num_envs = num_envs
+        self.single_observation_space = self.engine.observation_space
+        self.single_action_space = self.engine.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    @property
+    def policy(self) -> Any:
+        return self.engine.policy
+
+    @property
+    def reference(self) -> Any:
+        return self.engine.reference
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def reward_model(self) -> Any:
+        return self.engine.reward_model
+
+    @property
+    def kl_coef(self) -> float:
+        return self.engine.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.engine.kl_coef = value
+
+    @property  # type: ignore[misc]
+    def np_random(self) -> tuple[np.random.Generator | None, ...]:  # type: ignore[override]
+        """The prompt generators of the sub-environments (a tuple, as SyncVectorEnv gives)."""
+        return tuple(self._rngs)
+
+    def _rng(self, slot: int) -> np.random.Generator:
+        rng = self._rngs[slot]
+        if rng is None:
+            rng, _ = seeding.np_random()
+            self._rngs[slot] = rng
+        return rng
+
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        options = dict(options or {})
+        n = self.num_envs
+        if seed is None:
+            seeds: list[int | None] = [None] * n
+        elif isinstance(seed, int | np.integer):
+            seeds = [int(seed) + i for i in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != n:
+                raise ValueError(f"got {len(seeds)} seeds for {n} sub-environments")
+        mask = options.get("reset_mask")
+        if mask is None:
+            slots = np.arange(n)
+        else:
+            mask = np.asarray(mask)
+            if mask.dtype != np.bool_ or mask.shape != (n,) or not mask.any():
+                raise ValueError(f"reset_mask must be a bool array of shape ({n},) with a True entry")
+            if not self._started:
+                raise ResetNeeded("the first reset must reset every sub-environment (no reset_mask)")
+            slots = np.flatnonzero(mask)
+        texts: list[str | None] = [None] * n
+        if options.get("prompts") is not None:
+            texts = list(options["prompts"])
+            if len(texts) != n:
+                raise ValueError(f"options['prompts'] has {len(texts)} prompts for {n} sub-environments")
+        elif options.get("prompt") is not None:
+            texts = [options["prompt"]] * n
+        # check given prompts before anything changes
+        given = {s: self.engine.encode_prompt(t) for s in slots.tolist() if (t := texts[s]) is not None}
+        prompts: list[Prompt] = []
+        for s in slots.tolist():
+            if seeds[s] is not None:
+                self._rngs[s], _ = seeding.np_random(seeds[s])
+            prompts.append(given[s] if s in given else self.engine.draw_prompt(self._rng(s)))
+        self.engine.reset(slots, prompts)
+        self._autoreset[slots] = False
+        self._started = True
+        infos = merge_infos(
+            [
+                (s, {"prompt": p.text, "prompt_truncated": p.truncated})
+                for s, p in zip(slots.tolist(), prompts, strict=True)
+            ],
+            n,
+        )
+        return self.engine.observation(slice(None)), infos
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self._started:
+            raise ResetNeeded("step() called before reset(); call reset() first")
+        actions = self.engine.check_actions(actions, self.num_envs)
+        resetting = np.flatnonzero(self._autoreset)
+        stepping = np.flatnonzero(~self._autoreset)
+        # draw the autoreset prompts first, so that a failing step can put the generators back
+        states = {s: self._rng(s).bit_generator.state for s in resetting.tolist()}
+        prompts = [self.engine.draw_prompt(self._rng(s)) for s in resetting.tolist()]
+        try:
+            result = self.engine.step(stepping, actions[stepping]) if stepping.size else None
+        except BaseException:
+            for s, state in states.items():
+                self._rng(s).bit_generator.state = state
+            raise
+        self.engine.reset(resetting, prompts)
+
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.zeros(self.num_envs, dtype=bool)
+        per_slot: list[tuple[int, dict[str, Any]]] = [
+            (int(s), {"prompt": p.text, "prompt_truncated": p.truncated})
+            for s, p in zip(resetting, prompts, strict=True)
+        ]
+        if result is not None:
+            rewards[stepping] = result.rewards
+            terminated[stepping] = result.terminated
+            if result.finished is not None or result.token_ref_logprob is not None:
+                per_slot += [(int(s), slot_info(result, i)) for i, s in enumerate(stepping)]
+        self._autoreset = terminated.copy()
+        truncated = np.zeros(self.num_envs, dtype=bool)
+        infos = merge_infos(per_slot, self.num_envs)
+        return self.engine.observation(slice(None)), rewards, terminated, truncated, infos
+
+    def render(self) -> tuple[str, ...] | None:
+        if self.render_mode == "ansi":
+            return tuple(self.engine.text(i) for i in range(self.num_envs))
+        return None
