@@ -147,6 +147,7 @@ def test_reward_model_failure(make_env, clean_run, mode, kl_placement):
     reward.mode = mode
     with pytest.raises(RewardModelError, match=f"prompt {info['prompt']!r}"):
         env.step(GOOD_ACTIONS[3])  # the episode ends: the reward model is called and fails
+    assert env.unwrapped.engine.observation(0)["input_ids"].tolist() == first[-1][0]  # nothing written
     reward.mode = "ok"
     _same(first + _outcomes(env, GOOD_ACTIONS[3:]), expected)
     assert env.unwrapped.kl_coef == clean.unwrapped.kl_coef
@@ -161,8 +162,11 @@ def test_vector_env_reward_failure_changes_nothing(make_vec, tokenizer):
     clean.reset(seed=0)
     np.testing.assert_equal(vec.step(steps[0])[:4], clean.step(steps[0])[:4])
     reward.mode = "nan"
+    before = vec.unwrapped.engine.observation(slice(None))
     with pytest.raises(RewardModelError, match="not finite"):
         vec.step(steps[1])  # slot 1 ends; slots 0 and 2 autoreset (their prompts must not be consumed)
+    after = vec.unwrapped.engine.observation(slice(None))
+    assert all(np.array_equal(before[k], after[k]) for k in before)
     reward.mode = "ok"
     for action in steps[1:]:
         out, expected = vec.step(action), clean.step(action)

@@ -226,10 +226,6 @@ class RLHFEngine:
             raise ValueError(f"kl_coef must be >= 0, got {value}")
         self.kl_ctl.value = float(value)
 
-    @property
-    def reward_form(self) -> str:
-        return REWARD_FORM if self.policy is not None else POLICY_FREE_REWARD_FORM
-
     # ------------------------------------------------------------------ prompts and reset
     def encode_prompt(self, text: str) -> Prompt:
         return self.prompt_source.encode(text)

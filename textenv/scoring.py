@@ -28,8 +28,15 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+_ACCEPTS_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    """Whether the model can skip the logits of the prompt positions (most transformers LMs can)."""
+    cls = type(model)
+    if cls not in _ACCEPTS_LOGITS_TO_KEEP:
+        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _ACCEPTS_LOGITS_TO_KEEP[cls]
 
 
 def response_logprobs(
