@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,6 +28,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import transformers
+from tqdm import tqdm
 
 import textenv  # noqa: F401
 from textenv import toy
@@ -186,7 +188,8 @@ def main() -> None:
     final["attention_mask"][:, args.prompt_tokens :] = 1
 
     times: dict[str, list[float]] = {"env": [], "direct": [], "naive": [], "env_per_token": []}
-    for repeat in range(args.repeats + 1):  # the first round warms up and is not counted
+    rounds = tqdm(range(args.repeats + 1), desc="warm-up + repeats", unit="round", file=sys.stderr)
+    for repeat in rounds:  # the first round warms up and is not counted
         t_env, r_env = run_env(envs["terminal"], actions)
         t_direct, r_direct = run_direct(setup, args, final, prompts)
         t_naive, r_naive = run_naive(naive, obs0, prompts, actions)
