@@ -358,34 +358,27 @@ class RLHFEngine:
     def _finish(self, slots: np.ndarray, lengths: np.ndarray, beta: float) -> Finished:
         """Score episodes that end now: log-probs, KL and the reward model, batched; changes no state."""
         P = self.max_prompt_tokens
-        width = P + int(lengths.max())
+        longest = int(lengths.max())
+        ref_t: torch.Tensor  # (n, longest) float64; entries past an episode's length are meaningless
+        pol_t: torch.Tensor | None = None
         if self._incremental:
-            ref = [self._ref_logprobs[s, :n].copy() for s, n in zip(slots, lengths, strict=True)]
-            pol = (
-                [self._logprobs[s, :n].copy() for s, n in zip(slots, lengths, strict=True)]
-                if self.policy is not None
-                else None
-            )
+            ref_t = torch.from_numpy(self._ref_logprobs[slots, :longest])
+            if self.policy is not None:
+                pol_t = torch.from_numpy(self._logprobs[slots, :longest])
         else:
-            ids = torch.from_numpy(self.input_ids[slots, :width]).to(self.device)
-            mask = torch.from_numpy(self.attention_mask[slots, :width]).to(self.device)
+            ids = torch.from_numpy(self.input_ids[slots, : P + longest]).to(self.device)
+            mask = torch.from_numpy(self.attention_mask[slots, : P + longest]).to(self.device)
             with evaluating(self.policy, self.reference):
                 ref_t = response_logprobs(self.reference, ids, mask, P, self.temperature).double().cpu()
-                pol_t = (
-                    response_logprobs(self.policy, ids, mask, P, self.temperature).double().cpu()
-                    if self.policy is not None
-                    else None
-                )
-            ref = [ref_t[i, :n].numpy() for i, n in enumerate(lengths)]
-            pol = [pol_t[i, :n].numpy() for i, n in enumerate(lengths)] if pol_t is not None else None
+                if self.policy is not None:
+                    pol_t = response_logprobs(self.policy, ids, mask, P, self.temperature).double().cpu()
+        ref = [ref_t[i, :n].numpy().copy() for i, n in enumerate(lengths)]
+        pol = None if pol_t is None else [pol_t[i, :n].numpy().copy() for i, n in enumerate(lengths)]
         kl = None
-        if pol is not None:
-            kl = np.array(
-                [
-                    float(self.kl_estimator(torch.from_numpy(lp), torch.from_numpy(lr)).sum())
-                    for lp, lr in zip(pol, ref, strict=True)
-                ]
-            )
+        if pol_t is not None:
+            valid = torch.arange(longest)[None, :] < torch.from_numpy(lengths)[:, None]  # (n, longest)
+            per_token = self.kl_estimator(pol_t, ref_t)
+            kl = torch.where(valid, per_token, 0.0).sum(-1).numpy()  # where, not *: padding may be inf
         started = [self.prompts[s] for s in slots]
         assert all(p is not None for p in started)
         prompts = [p.text for p in started if p is not None]
