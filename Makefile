@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench assets clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/env_overhead.py
+
+assets: $(STAMP)
+	$(BIN)/python -m textenv.tasks.reviews.build
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -211,10 +211,3 @@ def test_tokenizer_without_pad_token_is_handled_and_left_unchanged(make_env):
 def test_bad_arguments_are_named(make_env, overrides, match):
     with pytest.raises(ValueError, match=match):
         make_env(**overrides)
-
-
-def test_no_default_task_yet_is_a_clear_error():
-    import gymnasium as gym
-
-    with pytest.raises(ValueError, match="no embedded default task"):
-        gym.make("TextRLHF-v0")

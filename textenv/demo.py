@@ -1,17 +1,16 @@
-"""The main job for now: make TextRLHF-v0 with small models and play a few episodes.
+"""The main job for now: make the default TextRLHF-v0 and play episodes with its policy.
 
-    python -m textenv.demo [--episodes 6] [--seed 0] [--kl-coef 0.2] [--max-new-tokens 12]
+    python -m textenv.demo [--episodes 8] [--seed 0] [--compare-episodes 100]
 
-It builds everything offline in a few seconds: a tiny GPT-2 reference fitted to templated reviews, a
-"fine-tuned" policy (the reference fitted further to positive reviews only, standing in for an RLHF'd
-model), and a lexicon sentiment reward. The policy writes the responses (sampled with a KV cache, as an
-agent would), and the env pays score - kl_coef * KL to the reference.
+Everything is offline and shipped with the package (``textenv.tasks.reviews``): a pretrained GPT-2 policy
+(and its frozen copy, the reference), a reward model learned from preferences, the review prompts. The
+policy writes the responses (sampled with a KV cache, as an agent would); the env pays score - beta * KL;
+the gold scorer says how good each response really is.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
 from typing import Any
 
@@ -21,7 +20,7 @@ import torch
 import transformers
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
-from textenv import toy
+from textenv.tasks import reviews
 
 
 def sample_episode(env: gym.Env, writer: torch.nn.Module, seed: int, generator: torch.Generator) -> dict:
@@ -47,61 +46,74 @@ def sample_episode(env: gym.Env, writer: torch.nn.Module, seed: int, generator: 
     return {"reward": float(reward), **info}
 
 
+def random_episode(env: gym.Env, seed: int) -> dict:
+    """Play one episode of uniformly random tokens."""
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    terminated, reward = False, 0.0
+    info: dict[str, Any] = {}
+    while not terminated:
+        _, step_reward, terminated, _, info = env.step(env.action_space.sample())
+        reward = float(step_reward)
+    return {"reward": reward, **info}
+
+
+def _with_gold(row: dict) -> dict:
+    gold = reviews.gold_score(row["prompt"], row["response"])
+    return {**row, "gold": gold.sentiment, "grammatical": gold.grammatical}
+
+
 def _means(rows: list[dict]) -> dict[str, float]:
-    return {k: float(np.mean([r[k] for r in rows])) for k in ("score", "kl", "reward")}
+    keys = ("score", "gold", "grammatical", "kl", "reward")
+    return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--episodes", type=int, default=6, help="episodes to play")
+    parser.add_argument("--episodes", type=int, default=8, help="episodes to show")
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and sampling")
-    parser.add_argument("--kl-coef", type=float, default=0.2, help="beta, the KL coefficient")
-    parser.add_argument("--max-new-tokens", type=int, default=12, help="response length limit")
     parser.add_argument("--compare-episodes", type=int, default=100, help="episodes per mean in the summary")
     args = parser.parse_args(argv)
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
 
     start = time.perf_counter()
-    tokenizer = toy.toy_tokenizer()
-    reference = toy.pretrain(
-        toy.toy_causal_lm(tokenizer, n_embd=64), tokenizer, toy.toy_corpus(2000), steps=300
-    )
-    positive = [s for s in toy.toy_corpus(4000, seed=1) if toy.lexicon_sentiment(s) > 0]
-    policy = toy.pretrain(copy.deepcopy(reference), tokenizer, positive, steps=60, lr=1e-3, seed=1)
-    env = gym.make(
-        "TextRLHF-v0",
-        policy=policy,
-        reference=reference,
-        tokenizer=tokenizer,
-        reward_model=toy.lexicon_reward,
-        prompts=toy.PROMPTS,
-        max_new_tokens=args.max_new_tokens,
-        max_prompt_tokens=8,
-        kl_coef=args.kl_coef,
+    env = gym.make("TextRLHF-v0")
+    policy = env.unwrapped.policy  # type: ignore[attr-defined]
+    print(
+        f"TextRLHF-v0, default task: a {sum(p.numel() for p in policy.parameters()):,}-parameter GPT-2 "
+        f"policy, vocabulary {env.action_space.n}, beta={env.unwrapped.kl_coef} "  # type: ignore[attr-defined]
+        f"(made in {time.perf_counter() - start:.1f}s)"
     )
     print(
-        f"TextRLHF-v0 with a {sum(p.numel() for p in policy.parameters()):,}-parameter GPT-2 policy, "
-        f"vocabulary {len(tokenizer)}, beta={args.kl_coef} (built in {time.perf_counter() - start:.1f}s)"
+        "reward = RM score - beta * KL; gold = the true sentiment the RM approximates (0 if ungrammatical)\n"
     )
-    print("reward = score - beta * KL, with score = lexicon sentiment of the response and KL in nats\n")
     generator = torch.Generator().manual_seed(args.seed)
-    rows = [sample_episode(env, policy, args.seed + i, generator) for i in range(args.episodes)]
+    rows = [_with_gold(sample_episode(env, policy, args.seed + i, generator)) for i in range(args.episodes)]
     width = max(len(r["prompt"] + r["response"]) for r in rows)
-    print(f"{'prompt + response (written by the policy)':<{width}}  {'score':>6}  {'KL':>6}  {'reward':>7}")
+    header = f"{'prompt + response (written by the policy)':<{width}}"
+    print(f"{header}  {'score':>6}  {'gold':>6}  {'KL':>5}  {'reward':>6}")
     for r in rows:
         text = r["prompt"] + r["response"]
-        print(f"{text:<{width}}  {r['score']:>6.2f}  {r['kl']:>6.2f}  {r['reward']:>7.2f}")
+        print(f"{text:<{width}}  {r['score']:>6.2f}  {r['gold']:>6.2f}  {r['kl']:>5.2f}  {r['reward']:>6.2f}")
 
     n = args.compare_episodes
-    print(f"\nmean over {n} episodes      score      KL   reward")
-    for name, writer in (("policy's samples", policy), ("reference's samples", reference)):
-        m = _means([sample_episode(env, writer, 10_000 + i, generator) for i in range(n)])
-        print(f"{name:<24}  {m['score']:>6.2f}  {m['kl']:>6.2f}  {m['reward']:>7.2f}")
+    print(f"\nmean over {n} episodes    RM score    gold  grammatical     KL  reward")
+    samples = [_with_gold(sample_episode(env, policy, 10_000 + i, generator)) for i in range(n)]
+    randoms = [_with_gold(random_episode(env, 20_000 + i)) for i in range(n)]
+    for name, group in (("policy's samples", samples), ("random tokens", randoms)):
+        m = _means(group)
+        print(
+            f"{name:<22}  {m['score']:>8.2f}  {m['gold']:>6.2f}  {m['grammatical']:>11.0%}  "
+            f"{m['kl']:>5.1f}  {m['reward']:>6.2f}"
+        )
     print(
-        "(the policy buys its higher score with KL from the reference; beta sets the price. KL is the k1\n"
-        " estimate on the sampled tokens: on the reference's own samples it estimates -KL(ref || policy) < 0)"
+        "(the policy is still its own reference, so every KL is 0, whatever the tokens: KL measures\n"
+        " how far the policy has moved, and RL, in agents/, is what moves it toward higher scores.\n"
+        " Random tokens are broken text: gold gives them nothing and the reward model scores them far\n"
+        " below real reviews.)"
     )
     print(f"\ndone in {time.perf_counter() - start:.1f}s")
 

@@ -91,8 +91,8 @@ class RLHFEngine:
         tokenizer: Any = None,
         reward_model: Any = None,
         prompts: PromptSpec | None = None,
-        max_new_tokens: int = 32,
-        max_prompt_tokens: int = 64,
+        max_new_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
         temperature: float = 1.0,
         kl_coef: float = 0.2,
         kl_estimator: str = "k1",
@@ -106,19 +106,27 @@ class RLHFEngine:
     ):
         if num_slots < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_slots}")
-        if max_new_tokens < 1 or max_prompt_tokens < 1:
-            raise ValueError(
-                f"max_new_tokens and max_prompt_tokens must be >= 1, got {max_new_tokens} and "
-                f"{max_prompt_tokens}"
-            )
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if kl_placement not in ("terminal", "per_token"):
             raise ValueError(f"kl_placement must be 'terminal' or 'per_token', got {kl_placement!r}")
         if policy is DEFAULT_TASK:
+            # the embedded review task fills in whatever the caller left out
+            from textenv.tasks import reviews
+
+            task = reviews.env_kwargs()
+            policy = task["policy"]
+            tokenizer = task["tokenizer"] if tokenizer is None else tokenizer
+            reward_model = task["reward_model"] if reward_model is None else reward_model
+            prompts = task["prompts"] if prompts is None else prompts
+            max_new_tokens = task["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+            max_prompt_tokens = task["max_prompt_tokens"] if max_prompt_tokens is None else max_prompt_tokens
+        max_new_tokens = 32 if max_new_tokens is None else max_new_tokens
+        max_prompt_tokens = 64 if max_prompt_tokens is None else max_prompt_tokens
+        if max_new_tokens < 1 or max_prompt_tokens < 1:
             raise ValueError(
-                "TextRLHF-v0 has no embedded default task in this version: pass policy= (a causal LM "
-                "object, local directory or hub name, or None), tokenizer=, reward_model= and prompts="
+                f"max_new_tokens and max_prompt_tokens must be >= 1, got {max_new_tokens} and "
+                f"{max_prompt_tokens}"
             )
         if policy is None and reference is None:
             raise ValueError("policy=None needs a reference model: pass reference=...")

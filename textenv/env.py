@@ -89,11 +89,16 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
     ## Arguments
 
     ```python
+    gymnasium.make("TextRLHF-v0")  # the embedded default task (reviews), offline, in about a second
     gymnasium.make("TextRLHF-v0", policy=..., reference=None, tokenizer=None, reward_model=...,
                    prompts=[...], max_new_tokens=32, max_prompt_tokens=64, temperature=1.0,
                    kl_coef=0.2, kl_estimator="k1", kl_placement="terminal", kl_target=None,
                    kl_horizon=10000, device=None, render_mode=None)
     ```
+
+    Left out, ``policy`` means the embedded default task (``textenv.tasks.reviews``): its policy, tokenizer,
+    reward model, prompts, ``max_new_tokens=24`` and ``max_prompt_tokens=16`` fill in every argument not
+    given (so ``reward_model=`` alone swaps the reward on the default task).
 
     * ``policy``: the causal LM being trained (object, local directory or hub name), or ``None``.
     * ``reference``: the frozen reference (same forms); default: a frozen copy of the initial policy.
@@ -103,7 +108,8 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
       transformers sequence classifier (object, directory or hub name; give ``reward_label`` when it has
       several labels) or a ``text-classification`` pipeline. See ``textenv.rewards``.
     * ``prompts``: a list of strings or a callable ``(np_random) -> str``.
-    * ``max_new_tokens``, ``max_prompt_tokens``: the response limit and the prompt width. A longer prompt
+    * ``max_new_tokens``, ``max_prompt_tokens``: the response limit and the prompt width (32 and 64 unless
+      the default task sets them). A longer prompt
       raises ``ValueError`` unless ``truncate_prompts=True`` (keep its last tokens; flagged in ``info``).
     * ``temperature``: of the sampling distribution whose log-probs enter the KL.
     * ``kl_coef``, ``kl_estimator``, ``kl_placement``, ``kl_target``, ``kl_horizon``: beta and the KL term.
@@ -125,8 +131,8 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
         tokenizer: Any = None,
         reward_model: Any = None,
         prompts: PromptSpec | None = None,
-        max_new_tokens: int = 32,
-        max_prompt_tokens: int = 64,
+        max_new_tokens: int | None = None,
+        max_prompt_tokens: int | None = None,
         temperature: float = 1.0,
         kl_coef: float = 0.2,
         kl_estimator: str = "k1",

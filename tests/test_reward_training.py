@@ -1,0 +1,120 @@
+"""The reusable reward-model trainer: learns from a JSON Lines file, names bad lines, has a command line."""
+
+import json
+
+import numpy as np
+import pytest
+
+from textenv import toy
+from textenv.reward_training import (
+    PreferenceDataError,
+    PreferencePair,
+    RewardTrainingConfig,
+    load_preference_pairs,
+    main,
+    pairwise_accuracy,
+    save_preference_pairs,
+    train_reward_model,
+)
+from textenv.rewards import ClassifierReward
+
+GOOD, BAD = toy.POSITIVE, toy.NEGATIVE
+
+
+def _synthetic_pairs(n, seed):
+    """Responses are word salads; the labeller prefers the one with more positive than negative words."""
+    rng = np.random.default_rng(seed)
+    words = GOOD + BAD + ["the", "food", "service", "was", "and"]
+
+    def response():
+        return "".join(" " + words[i] for i in rng.integers(len(words), size=int(rng.integers(3, 8))))
+
+    def value(text):
+        return sum(w in GOOD for w in text.split()) - sum(w in BAD for w in text.split())
+
+    pairs = []
+    while len(pairs) < n:
+        a, b = response(), response()
+        if value(a) == value(b):
+            continue
+        chosen, rejected = (a, b) if (value(a) > value(b)) == (rng.random() < 0.9) else (b, a)  # 10% noise
+        pairs.append(PreferencePair("the food", chosen, rejected))
+    return pairs
+
+
+@pytest.fixture
+def base_dir(tmp_path, tokenizer):
+    """A tiny causal LM saved as a local checkpoint: the base the trainer adds a scalar head to."""
+    path = tmp_path / "base"
+    toy.toy_causal_lm(tokenizer, n_embd=32, n_layer=1).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_trainer_learns_to_order_held_out_pairs(tmp_path, base_dir):
+    pairs_file = tmp_path / "pairs.jsonl"
+    save_preference_pairs(_synthetic_pairs(1200, seed=0), pairs_file)
+    held_out = _synthetic_pairs(300, seed=1)
+    config = RewardTrainingConfig(epochs=2, batch_size=32, learning_rate=3e-3, seed=0)
+    result = train_reward_model(pairs_file, base_dir, config=config, eval_pairs=held_out)
+    assert result.metrics["eval/accuracy"] > 0.75  # chance is 0.5; labels are 90% right
+    assert result.metrics["eval/accuracy"] == pytest.approx(
+        pairwise_accuracy(result.model, result.tokenizer, held_out)
+    )
+    assert np.isfinite(result.metrics["train/loss"]) and result.metrics["seconds"] < 60
+    # the trained model plugs into the environment's reward adapter and scores batches
+    reward = ClassifierReward(result.model, result.tokenizer)
+    scores = reward.score(["the food"] * 2, [" good great lovely", " bad awful rude"])
+    assert scores[0] > scores[1]
+
+
+def test_same_seed_same_model(base_dir):
+    pairs = _synthetic_pairs(100, seed=2)
+    config = RewardTrainingConfig(epochs=1, batch_size=16, seed=3)
+    first = train_reward_model(pairs, base_dir, config=config)
+    second = train_reward_model(pairs, base_dir, config=config)
+    assert first.metrics["train/loss"] == second.metrics["train/loss"]
+    assert first.eval_pairs == second.eval_pairs and len(first.eval_pairs) == 10
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "a", "chosen": "b"', "line 2: not valid JSON"),
+        ('{"prompt": "a", "chosen": "b"}', r"line 2: missing field\(s\) \['rejected'\]"),
+        (
+            '{"prompt": "a", "chosen": "b", "rejected": 3}',
+            r"line 2: field\(s\) \['rejected'\] must be strings",
+        ),
+        ('["a", "b", "c"]', "line 2: expected an object, got list"),
+    ],
+)
+def test_malformed_line_is_named(tmp_path, line, message):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+    path.write_text(good + "\n" + line + "\n" + good + "\n")
+    with pytest.raises(PreferenceDataError, match=message):
+        load_preference_pairs(path)
+
+
+def test_empty_file_and_blank_lines(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(PreferenceDataError, match="no preference records"):
+        load_preference_pairs(path)
+    path.write_text('\n{"prompt": "p", "chosen": " c", "rejected": " r"}\n\n')
+    assert load_preference_pairs(path) == [PreferencePair("p", " c", " r")]
+
+
+def test_command_line_trains_and_saves_a_loadable_reward_model(tmp_path, base_dir, capsys):
+    pairs_file = tmp_path / "pairs.jsonl"
+    save_preference_pairs(_synthetic_pairs(200, seed=4), pairs_file)
+    out = tmp_path / "rm"
+    main([str(pairs_file), "--base", str(base_dir), "--out", str(out), "--epochs", "1", "--batch-size", "16"])
+    printed = capsys.readouterr().out
+    assert "eval/accuracy" in printed and "saved to" in printed
+    assert (out / "model.safetensors").is_file()
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert metrics["config"]["batch_size"] == 16
+    reward = ClassifierReward(out)  # by path, with the tokenizer saved beside it
+    assert len(reward.score(["the food", "the food"], [" good", " bad"])) == 2

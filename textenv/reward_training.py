@@ -1,0 +1,362 @@
+"""Train a reward model from pairwise preferences, the second stage of RLHF.
+
+The data is JSON Lines, one comparison per line, the format human labelling produces::
+
+    {"prompt": "hotel review :", "chosen": " the staff were friendly .", "rejected": " the room was dirty ."}
+
+The model reads ``prompt + chosen`` and ``prompt + rejected`` (the concatenated text, exactly as
+:class:`textenv.ClassifierReward` reads an episode by default) and learns a scalar ``s`` with the
+Bradley–Terry loss ``-log σ(s_chosen - s_rejected)``. Any transformers model that
+``AutoModelForSequenceClassification`` can load with ``num_labels=1`` serves as a base: a causal LM
+checkpoint (its trunk is kept, a scalar head is added) or a classifier.
+
+From the command line::
+
+    textenv-train-rm pairs.jsonl --base path/or/hub-name --out my-reward-model
+    python -m textenv.reward_training pairs.jsonl --base ... --out ...
+
+The saved directory (safetensors weights, config, tokenizer) is a reward model for the environment:
+``gym.make("TextRLHF-v0", reward_model="my-reward-model", ...)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
+
+from textenv.models import evaluating, load_tokenizer, model_device
+
+
+class PreferenceDataError(ValueError):
+    """A preference file or record is malformed; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison: for ``prompt``, the labeller preferred ``chosen`` over ``rejected``."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
+    """Read a JSON Lines file of ``{"prompt", "chosen", "rejected"}`` records (blank lines are skipped).
+
+    Raises:
+        PreferenceDataError: naming the file and line of the first malformed record.
+    """
+    pairs: list[PreferencePair] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{os.fspath(path)}, line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise PreferenceDataError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise PreferenceDataError(f"{where}: expected an object, got {type(record).__name__}")
+            missing = [key for key in ("prompt", "chosen", "rejected") if key not in record]
+            if missing:
+                raise PreferenceDataError(
+                    f"{where}: missing field(s) {missing}; each line needs 'prompt', 'chosen' and 'rejected'"
+                )
+            wrong = [key for key in ("prompt", "chosen", "rejected") if not isinstance(record[key], str)]
+            if wrong:
+                raise PreferenceDataError(f"{where}: field(s) {wrong} must be strings")
+            pairs.append(PreferencePair(record["prompt"], record["chosen"], record["rejected"]))
+    if not pairs:
+        raise PreferenceDataError(f"{os.fspath(path)}: no preference records")
+    return pairs
+
+
+def save_preference_pairs(pairs: Sequence[PreferencePair], path: str | os.PathLike[str]) -> None:
+    """Write pairs as JSON Lines (the format :func:`load_preference_pairs` reads)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for pair in pairs:
+            handle.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
+
+
+@dataclass
+class RewardTrainingConfig:
+    """Settings of :func:`train_reward_model` (the command line has one option per field)."""
+
+    epochs: float = field(
+        default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"}
+    )
+    batch_size: int = field(default=64, metadata={"help": "pairs per optimiser step"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_fraction: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={"help": "share of pairs held out for evaluation (when no eval pairs are given)"},
+    )
+    max_length: int | None = field(default=None, metadata={"help": "truncate texts to this many tokens"})
+    seed: int = field(default=0, metadata={"help": "seed of the split, the initial head and the batch order"})
+
+
+@dataclass
+class RewardTrainingResult:
+    """What :func:`train_reward_model` gives back."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    metrics: dict[str, float]
+    eval_pairs: list[PreferencePair]
+
+
+def _texts(pairs: Sequence[PreferencePair]) -> tuple[list[str], list[str]]:
+    return [p.prompt + p.chosen for p in pairs], [p.prompt + p.rejected for p in pairs]
+
+
+def _batch(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pad_id: int, max_length: int | None, device: Any
+) -> dict[str, torch.Tensor]:
+    kwargs: dict[str, Any] = {"truncation": True, "max_length": max_length} if max_length else {}
+    rows = tokenizer(list(texts), **kwargs)["input_ids"]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def score_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 256,
+    max_length: int | None = None,
+) -> np.ndarray:
+    """The reward model's scalar for each text (float64, in the model's own scale)."""
+    pad = _pad_id(model, tokenizer)
+    out = np.empty(len(texts), dtype=np.float64)
+    with torch.no_grad(), evaluating(model):
+        for start in range(0, len(texts), batch_size):
+            batch = _batch(tokenizer, texts[start : start + batch_size], pad, max_length, model_device(model))
+            out[start : start + batch_size] = model(**batch).logits[:, 0].double().cpu().numpy()
+    return out
+
+
+def pairwise_accuracy(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PreferencePair],
+    max_length: int | None = None,
+) -> float:
+    """Share of pairs where the model scores ``chosen`` above ``rejected``."""
+    chosen, rejected = _texts(pairs)
+    scores = score_texts(model, tokenizer, chosen + rejected, max_length=max_length)
+    return float(np.mean(scores[: len(pairs)] > scores[len(pairs) :]))
+
+
+def _pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    for candidate in (model.config.pad_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    raise ValueError("the tokenizer has neither a pad nor an EOS token and the model config no pad_token_id")
+
+
+def _load_base(base: Any, trust_remote_code: bool) -> PreTrainedModel:
+    if isinstance(base, PreTrainedModel):
+        if not type(base).__name__.endswith("ForSequenceClassification") or base.config.num_labels != 1:
+            raise TypeError(
+                f"a model object as base must be a sequence classifier with num_labels=1, got "
+                f"{type(base).__name__} with num_labels={base.config.num_labels}; pass a causal LM by path"
+            )
+        return base
+    if isinstance(base, str | os.PathLike):
+        # a causal LM checkpoint gets a new scalar head on its trunk (transformers warns that it is new)
+        return AutoModelForSequenceClassification.from_pretrained(
+            os.fspath(base), num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    raise TypeError(f"base must be a model, a local directory or a hub name; got {type(base).__name__}")
+
+
+def train_reward_model(
+    pairs: Sequence[PreferencePair] | str | os.PathLike[str],
+    base: PreTrainedModel | str | os.PathLike[str],
+    tokenizer: PreTrainedTokenizerBase | str | os.PathLike[str] | None = None,
+    *,
+    config: RewardTrainingConfig | None = None,
+    eval_pairs: Sequence[PreferencePair] | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    trust_remote_code: bool = False,
+) -> RewardTrainingResult:
+    """Fit a scalar reward model to preference pairs with the pairwise loss ``-log σ(s_c - s_r)``.
+
+    Args:
+        pairs: the training comparisons, or a JSON Lines file of them.
+        base: the model to start from (object, local directory or hub name); a causal LM gets a new
+            scalar head, initialised from ``config.seed``.
+        tokenizer: the base's tokenizer; by default loaded from where ``base`` came from.
+        config: training settings (:class:`RewardTrainingConfig`).
+        eval_pairs: held-out comparisons; by default ``config.eval_fraction`` of ``pairs`` is held out.
+        device: where to train (default: where the model is; CPU for a loaded one).
+        progress: show a progress bar.
+
+    Returns:
+        The trained model (in eval mode, ``config.pad_token_id`` set so it scores padded batches), its
+        tokenizer, metrics (``train/loss``, ``train/accuracy`` over the last 10% of steps,
+        ``eval/loss``, ``eval/accuracy``, sizes and seconds) and the held-out pairs.
+    """
+    config = config or RewardTrainingConfig()
+    start = time.perf_counter()
+    data = load_preference_pairs(pairs) if isinstance(pairs, str | os.PathLike) else list(pairs)
+    if not data:
+        raise ValueError("no preference pairs to train on")
+    rng = np.random.default_rng(config.seed)
+    if eval_pairs is None:
+        order = rng.permutation(len(data))
+        held = round(config.eval_fraction * len(data))
+        eval_pairs = [data[i] for i in order[:held]]
+        data = [data[i] for i in order[held:]]
+        if not data:
+            raise ValueError(f"eval_fraction={config.eval_fraction} leaves no training pairs")
+    eval_pairs = list(eval_pairs)
+
+    torch.manual_seed(config.seed)  # the new head's initialisation
+    model = _load_base(base, trust_remote_code)
+    if tokenizer is None:
+        source = base if isinstance(base, str | os.PathLike) else model.config._name_or_path
+        if not source:
+            raise ValueError("pass the base model's tokenizer with tokenizer=...")
+        tokenizer = source
+    tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
+    pad = _pad_id(model, tok)
+    model.config.pad_token_id = pad  # decoder classifiers find each text's last token through it
+    if device is not None:
+        torch.nn.Module.to(model, device)
+    device = model_device(model)
+
+    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup = max(1, int(config.warmup_fraction * total))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)),
+    )
+    bar: Any = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="reward model", unit="step")
+    losses: list[float] = []
+    accuracies: list[float] = []
+    model.train()
+    order = np.array([], dtype=np.int64)
+    for step in range(total):
+        if order.size < config.batch_size:
+            order = np.concatenate([order, rng.permutation(len(data))])
+        index, order = order[: config.batch_size], order[config.batch_size :]
+        chosen, rejected = _texts([data[i] for i in index])
+        batch = _batch(tok, chosen + rejected, pad, config.max_length, device)
+        scores = model(**batch).logits[:, 0]  # (2B,)
+        margin = scores[: len(index)] - scores[len(index) :]
+        loss = -F.logsigmoid(margin).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        accuracies.append((margin > 0).float().mean().item())
+        if bar is not None:
+            bar.update()
+            if step % 10 == 0 or step == total - 1:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", acc=f"{np.mean(accuracies[-20:]):.3f}")
+    if bar is not None:
+        bar.close()
+    model.eval()
+
+    tail = max(1, total // 10)
+    metrics: dict[str, float] = {
+        "train/loss": float(np.mean(losses[-tail:])),
+        "train/accuracy": float(np.mean(accuracies[-tail:])),
+        "train/pairs": float(len(data)),
+        "train/steps": float(total),
+    }
+    if eval_pairs:
+        chosen, rejected = _texts(eval_pairs)
+        scores_np = score_texts(model, tok, chosen + rejected, max_length=config.max_length)
+        margin_np = scores_np[: len(eval_pairs)] - scores_np[len(eval_pairs) :]
+        metrics["eval/loss"] = float(np.mean(np.logaddexp(0.0, -margin_np)))
+        metrics["eval/accuracy"] = float(np.mean(margin_np > 0))
+        metrics["eval/pairs"] = float(len(eval_pairs))
+    metrics["seconds"] = time.perf_counter() - start
+    return RewardTrainingResult(model, tok, metrics, eval_pairs)
+
+
+def save_reward_model(result: RewardTrainingResult, directory: str | os.PathLike[str]) -> Path:
+    """Save weights (safetensors), config and tokenizer: a directory the environment loads by path."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    result.model.save_pretrained(path)
+    result.tokenizer.save_pretrained(path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="textenv-train-rm",
+        description="Train a scalar reward model on pairwise preferences "
+        "(JSON Lines of prompt/chosen/rejected).",
+    )
+    parser.add_argument("pairs", help="JSON Lines file of {'prompt', 'chosen', 'rejected'} records")
+    parser.add_argument("--base", required=True, help="model to start from: local directory or hub name")
+    parser.add_argument("--out", required=True, help="directory to save the reward model in")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the base's)")
+    parser.add_argument("--eval-pairs", default=None, help="held-out JSON Lines file (default: a split)")
+    parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    for f in fields(RewardTrainingConfig):
+        kind = float if f.type in ("float", float) else int
+        parser.add_argument(
+            f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f.metadata.get("help")
+        )
+    args = parser.parse_args(argv)
+    config = RewardTrainingConfig(**{f.name: getattr(args, f.name) for f in fields(RewardTrainingConfig)})
+    eval_pairs = load_preference_pairs(args.eval_pairs) if args.eval_pairs else None
+    result = train_reward_model(
+        args.pairs,
+        args.base,
+        args.tokenizer,
+        config=config,
+        eval_pairs=eval_pairs,
+        device=args.device,
+        progress=True,
+    )
+    path = save_reward_model(result, args.out)
+    with open(path / "training_metrics.json", "w", encoding="utf-8") as handle:
+        json.dump({"config": asdict(config), "metrics": result.metrics}, handle, indent=2)
+    for name, value in result.metrics.items():
+        print(f"{name:<16} {value:.4g}")
+    print(f"saved to {path}")
+
+
+if __name__ == "__main__":
+    main()
