@@ -144,3 +144,12 @@ def test_missing_assets_give_the_rebuild_command(tmp_path):
     with pytest.raises(reviews.AssetError, match=r"python -m textenv\.tasks\.reviews\.build"):
         reviews.env_kwargs(tmp_path)
     assert textenv.ENV_ID == "TextRLHF-v0"
+
+
+def test_default_vector_env_scores_a_batch():
+    envs = gym.make_vec("TextRLHF-v0", num_envs=3)
+    envs.reset(seed=0)
+    eos = envs.unwrapped.engine.eos_token_id
+    _, rewards, terminated, _, info = envs.step(np.full(3, eos))
+    assert terminated.all() and np.isfinite(rewards).all()
+    assert len(info["score"]) == 3 and np.all(info["kl"] == 0.0)  # the policy is still the reference
