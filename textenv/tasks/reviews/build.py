@@ -1,7 +1,7 @@
 """Build the default task's assets from nothing: the three stages of RLHF's set-up in miniature.
 
-    python -m textenv.tasks.reviews.build            # rebuild the shipped assets (under 10 minutes, 2 cores)
-    python -m textenv.tasks.reviews.build --tiny --out tiny-assets --work-dir tiny-build   # a smoke run of seconds
+    python -m textenv.tasks.reviews.build    # rebuild the shipped assets (under 10 minutes, 2 cores)
+    python -m textenv.tasks.reviews.build --tiny --out tiny-assets --work-dir tiny-build    # seconds
 
 1. **Corpus**: reviews drawn from the grammar (:mod:`~textenv.tasks.reviews.grammar`).
 2. **Tokenizer**: a byte-level BPE trained on the corpus with the ``tokenizers`` library.
