@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
-from textenv.models import evaluating, load_tokenizer, model_device
+from textenv.models import load_tokenizer, model_device
+from textenv.rewards import ClassifierReward
 
 
 class PreferenceDataError(ValueError):
@@ -147,14 +148,10 @@ def score_texts(
     batch_size: int = 256,
     max_length: int | None = None,
 ) -> np.ndarray:
-    """The reward model's scalar for each text (float64, in the model's own scale)."""
-    pad = _pad_id(model, tokenizer)
-    out = np.empty(len(texts), dtype=np.float64)
-    with torch.no_grad(), evaluating(model):
-        for start in range(0, len(texts), batch_size):
-            batch = _batch(tokenizer, texts[start : start + batch_size], pad, max_length, model_device(model))
-            out[start : start + batch_size] = model(**batch).logits[:, 0].double().cpu().numpy()
-    return out
+    """The reward model's scalar for each text (float64, in the model's own scale), scored exactly as the
+    environment scores it: through :class:`textenv.ClassifierReward`."""
+    reward = ClassifierReward(model, tokenizer, batch_size=batch_size, max_length=max_length)
+    return np.asarray(reward.score([""] * len(texts), list(texts)), dtype=np.float64)
 
 
 def pairwise_accuracy(

@@ -17,6 +17,7 @@ from transformers import (
     GPT2Config,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
+    PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
 
@@ -55,14 +56,16 @@ def toy_tokenizer(words: Sequence[str] = WORDS, *, pad_token: bool = True) -> Pr
     )
 
 
-def _config(
-    tokenizer: PreTrainedTokenizerFast,
-    initializer_range: float,
+def gpt2_config(
+    tokenizer: PreTrainedTokenizerBase,
+    initializer_range: float = 0.02,
     n_layer: int = 2,
     n_embd: int = 32,
     n_head: int = 2,
     n_positions: int = 128,
 ) -> GPT2Config:
+    """A GPT-2 config for ``tokenizer`` (its vocabulary, EOS as BOS, its pad id) with dropout off: RL
+    compares log-probs of the same text twice, and dropout would make them differ."""
     return GPT2Config(
         vocab_size=len(tokenizer),
         n_layer=n_layer,
@@ -89,7 +92,7 @@ def toy_causal_lm(
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GPT2LMHeadModel(_config(tokenizer, initializer_range, **sizes)).eval()
+        return GPT2LMHeadModel(gpt2_config(tokenizer, initializer_range, **sizes)).eval()
 
 
 def toy_classifier(
@@ -101,7 +104,7 @@ def toy_classifier(
     **sizes: int,
 ) -> GPT2ForSequenceClassification:
     """A random GPT-2 sequence classifier: one logit, or one per name in ``labels``."""
-    config = _config(tokenizer, initializer_range, **sizes)
+    config = gpt2_config(tokenizer, initializer_range, **sizes)
     if labels is None:
         config.num_labels = 1
     else:

@@ -38,7 +38,6 @@ import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
-    GPT2Config,
     GPT2ForSequenceClassification,
     GPT2LMHeadModel,
     PreTrainedModel,
@@ -57,6 +56,7 @@ from textenv.sampling import sample_responses
 from textenv.tasks.reviews import ASSETS, MANIFEST, POLICY_DIR, PROMPTS_FILE, REWARD_MODEL_DIR
 from textenv.tasks.reviews.gold import LABELLER_TEMPERATURE, evaluate, gold_score, prefer
 from textenv.tasks.reviews.grammar import ADJECTIVES, INTENSIFIERS, default_prompts, sample_corpus
+from textenv.toy import gpt2_config
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -138,18 +138,12 @@ def pretrain_policy(
 ) -> GPT2LMHeadModel:
     """A GPT-2 fitted to the corpus, each review followed by EOS. Dropout is off (RL wants exact ratios)."""
     torch.manual_seed(config.seed)
-    gpt_config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=config.n_positions,
-        n_embd=config.n_embd,
+    gpt_config = gpt2_config(
+        tokenizer,
         n_layer=config.n_layer,
+        n_embd=config.n_embd,
         n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        n_positions=config.n_positions,
     )
     model = GPT2LMHeadModel(gpt_config)
     rows = [[*ids, tokenizer.eos_token_id] for ids in tokenizer(corpus)["input_ids"]]
@@ -375,13 +369,12 @@ def build(
     first_texts = [p.prompt + p.chosen for p in held]
     second_texts = [p.prompt + p.rejected for p in held]
     held_scores = score_texts(result.model, result.tokenizer, first_texts + second_texts)
-    u1 = np.array([gold_score(p.prompt, p.chosen).utility for p in held])
-    u2 = np.array([gold_score(p.prompt, p.rejected).utility for p in held])
+    gold_first = [gold_score(p.prompt, p.chosen) for p in held]
+    gold_second = [gold_score(p.prompt, p.rejected) for p in held]
+    u1 = np.array([g.utility for g in gold_first])
+    u2 = np.array([g.utility for g in gold_second])
     both_grammatical = np.array(
-        [
-            gold_score(p.prompt, p.chosen).grammatical and gold_score(p.prompt, p.rejected).grammatical
-            for p in held
-        ]
+        [a.grammatical and b.grammatical for a, b in zip(gold_first, gold_second, strict=True)]
     )
     s1, s2 = held_scores[: len(held)], held_scores[len(held) :]
     quality = {
