@@ -1,1 +1,35 @@
-"""Learners for TextRLHF-v0 (token-level PPO, REINFORCE, epsilon-greedy PPO): coming in a later release."""
+"""textenv's learners: token-level PPO, a REINFORCE baseline and an epsilon-greedy PPO variant.
+
+All three train against ``TextRLHF-v0``'s vector env through the Gymnasium API and share a small core
+(``agents.core``: GAE, masked whitening, top-k/top-p; ``agents.policy``: the LM with a value head;
+``agents.rollout``: KV-cached sampling that follows the env's autoreset)::
+
+    import gymnasium as gym
+    import textenv
+    from agents import PPO
+
+    env = gym.make_vec("TextRLHF-v0", num_envs=128, vectorization_mode="vector_entry_point",
+                       kl_coef=0.2, kl_target=6.0)
+    agent = PPO(env, seed=0).learn(total_timesteps=100_000, progress_bar=True)
+    agent.save("runs/my-ppo")
+
+The training command: ``python -m agents.train --help``.
+"""
+
+from agents.base import Agent, AgentConfig, describe_config, make_env
+from agents.egreedy import EpsilonGreedyConfig, EpsilonGreedyPPO
+from agents.ppo import PPO, PPOConfig
+from agents.reinforce import REINFORCE, REINFORCEConfig
+
+__all__ = [
+    "PPO",
+    "REINFORCE",
+    "Agent",
+    "AgentConfig",
+    "EpsilonGreedyConfig",
+    "EpsilonGreedyPPO",
+    "PPOConfig",
+    "REINFORCEConfig",
+    "describe_config",
+    "make_env",
+]

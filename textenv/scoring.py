@@ -80,6 +80,9 @@ class IncrementalLogprobs:
     different steps (vector-env autoreset) still advance with one forward pass per step. The cache keeps
     at most ``prompt_width + max_new_tokens`` columns, which is all any live episode can see.
 
+    With ``output_hidden=True`` it also keeps each slot's last hidden state (the final layer's, at the
+    latest token) in ``next_hidden``: what a value head on the trunk reads (the agents' samplers use it).
+
     Works for models whose cache is a ``DynamicCache`` of full-attention layers (GPT-2, Llama, ...).
     """
 
@@ -91,8 +94,10 @@ class IncrementalLogprobs:
         max_new_tokens: int,
         temperature: float,
         pad_token_id: int,
+        output_hidden: bool = False,
     ):
         self.model = model
+        self.output_hidden = output_hidden
         self.num_slots = num_slots
         self.prompt_width = prompt_width
         self.max_columns = prompt_width + max_new_tokens
@@ -103,6 +108,7 @@ class IncrementalLogprobs:
         self.mask = torch.zeros(num_slots, 0, dtype=torch.long, device=self.device)  # (N, C)
         self.next_position = torch.zeros(num_slots, dtype=torch.long, device=self.device)
         self.next_logprobs = torch.zeros(num_slots, 0, device=self.device)  # (N, V) after the first prefill
+        self.next_hidden = torch.zeros(num_slots, 0, device=self.device)  # (N, H) with output_hidden
 
     def _layers(self, cache: object) -> list[DynamicLayer]:
         layers = getattr(cache, "layers", None)
@@ -131,11 +137,17 @@ class IncrementalLogprobs:
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=True,
+            output_hidden_states=self.output_hidden,
         )
         logprobs = (out.logits[:, -1].float() / self.temperature).log_softmax(-1)  # (n, V)
         if self.next_logprobs.shape[-1] != logprobs.shape[-1]:
             self.next_logprobs = logprobs.new_zeros(self.num_slots, logprobs.shape[-1])
         self.next_logprobs[slots] = logprobs
+        if self.output_hidden:
+            hidden = out.hidden_states[-1][:, -1].float()  # (n, H)
+            if self.next_hidden.shape[-1] != hidden.shape[-1]:
+                self.next_hidden = hidden.new_zeros(self.num_slots, hidden.shape[-1])
+            self.next_hidden[slots] = hidden
         self.next_position[slots] = attention_mask.sum(-1)
         if len(slots) == self.num_slots:
             order = torch.argsort(slots)  # slots in cache-row order
@@ -172,9 +184,12 @@ class IncrementalLogprobs:
             position_ids=self.next_position[:, None],
             past_key_values=self.cache,
             use_cache=True,
+            output_hidden_states=self.output_hidden,
         )
         self.cache = out.past_key_values
         self.next_logprobs[slots] = (out.logits[slots, -1].float() / self.temperature).log_softmax(-1)
+        if self.output_hidden:
+            self.next_hidden[slots] = out.hidden_states[-1][slots, -1].float()
         self.next_position[slots] += 1
         if self.mask.shape[1] > self.max_columns:
             self._map(lambda kv: kv[:, :, -self.max_columns :])

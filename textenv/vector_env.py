@@ -54,7 +54,10 @@ class TextRLHFVectorEnv(VectorEnv):
 
     Arguments are those of :class:`~textenv.env.TextRLHFEnv`, plus ``num_envs``. ``reset`` takes
     ``options={"prompt": text}`` (every slot), ``{"prompts": [text, ...]}`` (one per slot) and
-    ``{"reset_mask": bool array}`` (reset only those slots).
+    ``{"reset_mask": bool array}`` (reset only those slots) and ``{"group_size": k}``: the slots form
+    groups of ``k`` neighbours that share one prompt (drawn by the group's first slot), which is what
+    algorithms that compare several samples of a prompt need (REINFORCE leave-one-out, GRPO). Autoreset
+    draws prompts slot by slot again.
     """
 
     metadata: dict[str, Any] = {  # noqa: RUF012  (Gymnasium's convention: a class attribute)
@@ -175,6 +178,11 @@ class TextRLHFVectorEnv(VectorEnv):
             if not self._started:
                 raise ResetNeeded("the first reset must reset every sub-environment (no reset_mask)")
             slots = np.flatnonzero(mask)
+        group = options.get("group_size", 1)
+        if not isinstance(group, int | np.integer) or group < 1 or n % group:
+            raise ValueError(f"group_size must be a positive divisor of num_envs={n}, got {group!r}")
+        if group > 1 and (mask is not None or options.get("prompts") is not None or options.get("prompt")):
+            raise ValueError("group_size cannot be combined with reset_mask, prompt or prompts")
         texts: list[str | None] = [None] * n
         if options.get("prompts") is not None:
             texts = list(options["prompts"])
@@ -188,7 +196,10 @@ class TextRLHFVectorEnv(VectorEnv):
         for s in slots.tolist():
             if seeds[s] is not None:
                 self._rngs[s], _ = seeding.np_random(seeds[s])
-            prompts.append(given[s] if s in given else self.engine.draw_prompt(self._rng(s)))
+            if s % group:  # a group's other slots take its first slot's prompt
+                prompts.append(prompts[-1])
+            else:
+                prompts.append(given[s] if s in given else self.engine.draw_prompt(self._rng(s)))
         self.engine.reset(slots, prompts)
         self._autoreset[slots] = False
         self._started = True

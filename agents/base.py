@@ -1,0 +1,331 @@
+"""What the three agents share: the SB3-shaped surface (``learn``, ``predict``, ``save``, ``load``), the
+config plumbing, seeding and the training loop. Each agent file adds its config fields and ``update``.
+
+A saved agent is a directory::
+
+    policy/             the policy as a plain transformers model + its tokenizer (safetensors)
+    critic/             the separate critic LM, if there is one
+    agent.safetensors   value head, and the RNG state of the sampler
+    optimizer.pt        the optimizer's state dict (loaded with ``weights_only=True``)
+    state.json          agent class, config, seed, counters, beta, numpy RNG state, metric history
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from agents.core import sample_tokens
+from agents.policy import ActorCritic, Critic
+from agents.rollout import Exploration, Rollout, collect, env_constants
+
+#: Settings of the env an agent makes for itself from an id (lm-human-preferences' adaptive KL).
+DEFAULT_ENV_KWARGS: dict[str, Any] = {"kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 10_000}
+
+#: ``callback(agent, metrics) -> bool | None`` after each iteration; returning False stops ``learn``.
+Callback = Callable[["Agent", dict[str, float]], "bool | None"]
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by ``describe_config`` and the command line)."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class AgentConfig:
+    """Settings every agent has."""
+
+    num_envs: int = option(128, "episodes per iteration: sub-envs of the vector env made from an env id")
+    learning_rate: float = option(1e-4, "Adam step size")
+    adam_eps: float = option(1e-5, "Adam epsilon")
+    max_grad_norm: float = option(1.0, "clip the gradient's global norm to this (0 = no clipping)")
+    ent_coef: float = option(0.0, "weight of the entropy bonus (mean per-token entropy) in the loss")
+    top_k: int = option(0, "predict(): sample among the k most likely tokens only (0 = all)")
+    top_p: float = option(1.0, "predict(): sample from the smallest set of tokens with this mass")
+    env_kwargs: dict = option(DEFAULT_ENV_KWARGS, "arguments of the env made from an env id")  # noqa: RUF009
+
+
+def describe_config(config_class: type) -> str:
+    """One line per field: name, default and help."""
+    lines = []
+    for f in fields(config_class):
+        default = f.default if f.default_factory is MISSING else f.default_factory()
+        lines.append(f"{f.name} = {default!r}: {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def make_env(env_id: str = "TextRLHF-v0", num_envs: int = 128, **kwargs: Any) -> gym.vector.VectorEnv:
+    """The batched env an agent trains on, with the adaptive-KL defaults unless ``kwargs`` say otherwise."""
+    import textenv  # noqa: F401  (registers TextRLHF-v0)
+
+    return gym.make_vec(
+        env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **(DEFAULT_ENV_KWARGS | kwargs)
+    )
+
+
+class Agent:
+    """Base class: build with ``Agent(env, seed=0, **config)``; see PPO, REINFORCE, EpsilonGreedyPPO."""
+
+    Config: ClassVar[type[AgentConfig]] = AgentConfig
+    critic: ClassVar[Critic] = "shared"
+
+    def __init__(self, env: gym.vector.VectorEnv | str, seed: int = 0, **config: Any):
+        names = {f.name for f in fields(self.Config)}
+        unknown = sorted(set(config) - names)
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no setting {', '.join(unknown)}; its settings are: "
+                f"{', '.join(sorted(names))}"
+            )
+        self.config = self.Config(**config)
+        if isinstance(env, str):
+            env = make_env(env, num_envs=self.config.num_envs, **self.config.env_kwargs)
+        self.env = env
+        self.constants = env_constants(env)
+        self.model = ActorCritic(env.unwrapped.policy, critic=self.critic_kind())  # type: ignore[attr-defined]
+        self.device = next(self.model.policy.parameters()).device
+        self.optimizer = torch.optim.Adam(
+            self.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps
+        )
+        self.seed = int(seed)
+        self.generator = torch.Generator(self.device).manual_seed(self.seed)  # sampling and shuffling
+        self.np_rng = np.random.default_rng(self.seed)  # the env's prompt seeds
+        self.num_timesteps = 0  # response tokens trained on, summed over sub-envs
+        self.iterations = 0
+        self.history: list[dict[str, float]] = []
+        self.last_rollout: Rollout | None = None  # what the latest iteration trained on (for callbacks)
+
+    # ------------------------------------------------------------------ pieces the agents fill in
+    def critic_kind(self) -> Critic:
+        return self.critic
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def exploration(self) -> Exploration | None:
+        """The behaviour policy's extra exploration (None: sample from the policy itself)."""
+        return None
+
+    def group_size(self) -> int:
+        """Sub-envs per prompt in a rollout (1: every sub-env draws its own prompt)."""
+        return 1
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """Learn from one rollout; return the update's metrics."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-able state beyond weights, optimizer and RNGs (e.g. a moving-average baseline)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def optimizer_step(self, loss: torch.Tensor) -> float:
+        """Backpropagate ``loss``, clip the global gradient norm, step; returns the norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.trainable_parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        return float(norm)
+
+    # ------------------------------------------------------------------ training
+    def collect_rollout(self) -> Rollout:
+        """One episode per sub-env with the current policy (prompts seeded from the agent's RNG)."""
+        exploration = self.exploration()
+        return collect(
+            self.env,
+            self.model,
+            generator=self.generator,
+            seed=int(self.np_rng.integers(2**31)),
+            group_size=self.group_size(),
+            exploration=exploration,
+            reference=self.env.unwrapped.reference if exploration is not None else None,  # type: ignore[attr-defined]
+        )
+
+    def learn(
+        self, total_timesteps: int, callback: Callback | None = None, progress_bar: bool = False
+    ) -> Agent:
+        """Train for ``total_timesteps`` more response tokens (summed over sub-envs); one iteration is a
+        rollout of one episode per sub-env followed by an update. Stops early if ``callback`` returns False.
+        """
+        goal = self.num_timesteps + int(total_timesteps)
+        bar = tqdm(total=int(total_timesteps), unit="tok", disable=not progress_bar, dynamic_ncols=True)
+        try:
+            while self.num_timesteps < goal:
+                start = time.perf_counter()
+                rollout = self.collect_rollout()
+                self.last_rollout = rollout
+                rolled = time.perf_counter()
+                metrics = self.update(rollout)
+                done = time.perf_counter()
+                self.num_timesteps += rollout.num_tokens
+                self.iterations += 1
+                metrics = {
+                    **rollout_metrics(rollout),
+                    **metrics,
+                    "charts/iteration": float(self.iterations),
+                    "charts/timesteps": float(self.num_timesteps),
+                    "charts/rollout_seconds": rolled - start,
+                    "charts/update_seconds": done - rolled,
+                    "charts/tokens_per_second": rollout.num_tokens / max(done - start, 1e-9),
+                }
+                self.history.append(metrics)
+                bar.update(min(rollout.num_tokens, bar.total - bar.n))
+                bar.set_postfix(
+                    score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
+                )
+                if callback is not None and callback(self, metrics) is False:
+                    break
+        finally:
+            bar.close()
+        return self
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, None]:
+        """The next token for an observation of ``TextRLHF-v0`` (one, or a batch with a leading axis).
+
+        Samples at the env's temperature (with this agent's ``top_k``/``top_p``), or takes the most likely
+        token with ``deterministic=True``. Returns ``(actions, None)`` as SB3 does; ``state`` and
+        ``episode_start`` are accepted for compatibility and ignored.
+        """
+        ids = torch.as_tensor(np.asarray(observation["input_ids"]), dtype=torch.long)
+        mask = torch.as_tensor(np.asarray(observation["attention_mask"]), dtype=torch.long)
+        single = ids.dim() == 1
+        ids, mask = (
+            ids.reshape(-1, ids.shape[-1]).to(self.device),
+            mask.reshape(-1, ids.shape[-1]).to(self.device),
+        )
+        P = self.constants["prompt_width"]
+        last = P - 1 + mask[:, P:].sum(-1)  # column of the latest token, whose logits predict the next
+        policy = self.model.policy
+        was_training = policy.training
+        policy.eval()
+        try:
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        finally:
+            policy.train(was_training)
+        logits = logits[torch.arange(ids.shape[0], device=self.device), last].float()  # (B, V)
+        actions = sample_tokens(
+            logits,
+            temperature=0.0 if deterministic else self.constants["temperature"],
+            top_k=self.config.top_k,
+            top_p=self.config.top_p,
+            generator=self.generator,
+        ).cpu()
+        out = actions.numpy()
+        return (out[0] if single else out), None
+
+    # ------------------------------------------------------------------ saving
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write everything needed to resume exactly (see the module docstring); returns the directory."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.policy.save_pretrained(path / "policy", safe_serialization=True)
+        self.env.unwrapped.tokenizer.save_pretrained(path / "policy")  # type: ignore[attr-defined]
+        if self.model.critic_model is not None:
+            self.model.critic_model.save_pretrained(path / "critic", safe_serialization=True)
+        tensors = {"rng/sampler": self.generator.get_state()}
+        if self.model.value_head is not None:
+            tensors.update(
+                {f"value_head/{k}": v.contiguous() for k, v in self.model.value_head.state_dict().items()}
+            )
+        save_file(tensors, path / "agent.safetensors")
+        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
+        state = {
+            "agent": type(self).__name__,
+            "config": asdict(self.config),
+            "seed": self.seed,
+            "num_timesteps": self.num_timesteps,
+            "iterations": self.iterations,
+            "kl_coef": self.env.unwrapped.kl_coef,  # type: ignore[attr-defined]
+            "np_rng": self.np_rng.bit_generator.state,
+            "extra": self.extra_state(),
+            "history": self.history,
+        }
+        (path / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], env: gym.vector.VectorEnv | str, **overrides: Any) -> Agent:
+        """Rebuild a saved agent on ``env`` and put back its weights, optimizer, RNGs, counters and beta.
+
+        ``env`` should be made as the saved run's was (same reference, reward model and prompts); an env id
+        is made with the saved ``num_envs`` and ``env_kwargs``. The env's policy object receives the saved
+        weights in place. ``overrides`` change config fields (e.g. a new learning rate).
+        """
+        path = Path(path)
+        state_file = path / "state.json"
+        if not state_file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved agent: it has no state.json")
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        if state["agent"] != cls.__name__ and cls is not Agent:
+            raise TypeError(f"{path} holds a {state['agent']}, not a {cls.__name__}")
+        agent_class = AGENTS[state["agent"]] if cls is Agent else cls
+        agent = agent_class(env, seed=state["seed"], **(state["config"] | overrides))
+        saved = AutoModelForCausalLM.from_pretrained(path / "policy", use_safetensors=True)
+        agent.model.policy.load_state_dict(saved.state_dict())
+        if agent.model.critic_model is not None:
+            critic = AutoModelForCausalLM.from_pretrained(path / "critic", use_safetensors=True)
+            agent.model.critic_model.load_state_dict(critic.state_dict())
+        tensors = load_file(path / "agent.safetensors")
+        if agent.model.value_head is not None:
+            agent.model.value_head.load_state_dict(
+                {k.removeprefix("value_head/"): v for k, v in tensors.items() if k.startswith("value_head/")}
+            )
+        agent.generator.set_state(tensors["rng/sampler"])
+        agent.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        for group in agent.optimizer.param_groups:  # an override of the learning rate wins
+            group["lr"] = agent.config.learning_rate
+        agent.np_rng.bit_generator.state = state["np_rng"]
+        agent.num_timesteps = int(state["num_timesteps"])
+        agent.iterations = int(state["iterations"])
+        agent.history = list(state["history"])
+        agent.env.unwrapped.kl_coef = float(state["kl_coef"])  # type: ignore[attr-defined]
+        agent.load_extra_state(state["extra"])
+        return agent
+
+
+def rollout_metrics(rollout: Rollout) -> dict[str, float]:
+    """What the env reported about a rollout's episodes."""
+    returns = rollout.rewards.sum(-1)
+    return {
+        "objective/scores": float(rollout.scores.mean()),
+        "objective/kl": float(rollout.kl.mean()),
+        "objective/kl_coef": rollout.kl_coef,
+        "objective/rlhf_reward": float(returns.mean()),
+        "charts/episode_length": float(rollout.lengths.mean()),
+        "charts/episodes": float(rollout.num_episodes),
+    }
+
+
+AGENTS: dict[str, type[Agent]] = {}
+
+
+def register_agent(cls: type[Agent]) -> type[Agent]:
+    """Make a class known to ``Agent.load`` (which then rebuilds whatever agent a directory holds)."""
+    AGENTS[cls.__name__] = cls
+    return cls

@@ -1,0 +1,148 @@
+"""Token-level PPO for RLHF (Schulman et al., 2017; Ziegler et al., 2019; Stiennon et al., 2020).
+
+Every response token is an action; the env pays ``score - beta * KL`` at the end of the episode (beta
+adapted toward a KL target by the env). Per iteration:
+
+1. roll out one episode per sub-env with the policy (KV-cached sampling; the old log-probs and the
+   reference's come back in the env's ``info``; the values come from the same forward passes);
+2. advantages by GAE (gamma=1, lambda=0.95), whitened over the batch's tokens;
+3. ``num_epochs`` passes over shuffled minibatches of episodes: clipped surrogate, clipped value loss,
+   optional entropy bonus, global gradient clipping; stop the epochs early when the approximate KL
+   between the new and the old policy passes ``target_kl`` (if set).
+
+The defaults are lm-human-preferences' / trl's classic PPO, apart from the learning rate, which suits the
+default task's small policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from agents.base import Agent, AgentConfig, option, register_agent
+from agents.core import gae, masked_mean, masked_var, masked_whiten
+from agents.policy import Critic
+from agents.rollout import Rollout
+
+
+@dataclass
+class PPOConfig(AgentConfig):
+    """Settings of :class:`PPO` (defaults: lm-human-preferences / trl classic PPO)."""
+
+    gamma: float = option(1.0, "discount factor (1: the terminal reward counts fully for every token)")
+    lam: float = option(0.95, "GAE lambda: bias-variance trade-off of the advantages")
+    clip_range: float = option(0.2, "PPO clip of the probability ratio to [1 - c, 1 + c]")
+    clip_range_vf: float = option(0.2, "clip of the new value's distance from the old value (0 = none)")
+    vf_coef: float = option(0.1, "weight of the value loss")
+    num_epochs: int = option(4, "passes over each rollout")
+    num_minibatches: int = option(4, "minibatches per pass (episodes are split evenly)")
+    whiten_advantages: bool = option(True, "normalise advantages to zero mean and unit variance")
+    target_kl: float | None = option(None, "stop the epochs when policy/approxkl exceeds this (None = never)")
+    critic: str = option("shared", "value function: 'shared' (head on the policy's trunk) or 'separate'")
+
+
+@register_agent
+class PPO(Agent):
+    """Token-level PPO with a value head; ``PPO(env, seed=0, **PPOConfig fields)``."""
+
+    Config = PPOConfig
+    config: PPOConfig
+
+    def critic_kind(self) -> Critic:
+        if self.config.critic not in ("shared", "separate"):
+            raise ValueError(f"critic must be 'shared' or 'separate', got {self.config.critic!r}")
+        return self.config.critic  # type: ignore[return-value]
+
+    def old_logprobs(self, rollout: Rollout) -> torch.Tensor:
+        """Log-probs of the behaviour policy that chose the tokens: here the policy itself (from the env)."""
+        return rollout.logprobs
+
+    def behaviour_logprobs(
+        self, logprobs: torch.Tensor, rollout: Rollout, index: torch.Tensor
+    ) -> torch.Tensor:
+        """The current behaviour policy's log-probs of the rollout's tokens ``index``, from the policy's."""
+        return logprobs
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        c = self.config
+        dev = self.device
+        P, temperature = self.constants["prompt_width"], self.constants["temperature"]
+        input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
+        mask = rollout.response_mask.to(dev)
+        old_logprobs = self.old_logprobs(rollout).to(dev)
+        old_values = rollout.values.to(dev)
+        advantages, returns = gae(rollout.rewards.to(dev), old_values, mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        batch = rollout.num_episodes
+        size = max(1, batch // c.num_minibatches)
+        stats: dict[str, list[float]] = {}
+        entropy_first_epoch: list[torch.Tensor] = []
+        self.model.policy.eval()  # no dropout: the ratio compares like with like
+        epochs_run = 0
+        for epoch in range(c.num_epochs):
+            order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
+            epoch_kl = []
+            for start in range(0, batch - size + 1, size):
+                index = order[start : start + size]
+                m = mask[index]
+                new_logprobs, values, entropy = self.model.evaluate(
+                    input_ids[index], attention_mask[index], P, temperature
+                )
+                new_logprobs = self.behaviour_logprobs(new_logprobs, rollout, index)
+                log_ratio = new_logprobs - old_logprobs[index]
+                ratio = log_ratio.exp()
+                adv = advantages[index]
+                pg_loss = masked_mean(
+                    torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), m
+                )
+                ret, old_v = returns[index], old_values[index]
+                vf_loss_unclipped = (values - ret) ** 2
+                if c.clip_range_vf > 0:
+                    clipped = old_v + (values - old_v).clamp(-c.clip_range_vf, c.clip_range_vf)
+                    vf_losses = torch.max(vf_loss_unclipped, (clipped - ret) ** 2)
+                    vf_clipfrac = masked_mean(((clipped - ret) ** 2 > vf_loss_unclipped).float(), m)
+                else:
+                    vf_losses, vf_clipfrac = vf_loss_unclipped, torch.zeros(())
+                vf_loss = 0.5 * masked_mean(vf_losses, m)
+                mean_entropy = masked_mean(entropy, m)
+                loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * mean_entropy
+
+                grad_norm = self.optimizer_step(loss)
+
+                with torch.no_grad():
+                    approx_kl = masked_mean((ratio - 1) - log_ratio, m)  # k3 estimate of KL(old || new)
+                    epoch_kl.append(float(approx_kl))
+                    if epoch == 0:
+                        entropy_first_epoch.append((entropy * m).sum(-1))
+                    for name, value in (
+                        ("policy/approxkl", approx_kl),
+                        ("policy/clipfrac", masked_mean(((ratio - 1).abs() > c.clip_range).float(), m)),
+                        ("policy/entropy", mean_entropy),
+                        ("policy/ratio_mean", masked_mean(ratio, m)),
+                        ("loss/policy", pg_loss),
+                        ("loss/value", vf_loss),
+                        ("loss/total", loss),
+                        ("val/vpred", masked_mean(values, m)),
+                        ("val/error", masked_mean((values - ret) ** 2, m)),
+                        ("val/clipfrac", vf_clipfrac),
+                        ("charts/grad_norm", grad_norm),
+                    ):
+                        stats.setdefault(name, []).append(float(value))
+            epochs_run += 1
+            if c.target_kl is not None and sum(epoch_kl) / max(len(epoch_kl), 1) > c.target_kl:
+                break
+
+        metrics = {name: sum(v) / len(v) for name, v in stats.items()}
+        with torch.no_grad():
+            metrics["objective/entropy"] = float(torch.cat(entropy_first_epoch).mean())
+            metrics["val/returns_mean"] = float(masked_mean(returns, mask))
+            metrics["val/returns_var"] = float(masked_var(returns, mask))
+            explained = 1 - masked_var(returns - old_values, mask) / masked_var(returns, mask).clamp(min=1e-8)
+            metrics["val/explained_variance"] = float(explained)
+            metrics["policy/advantages_mean"] = float(masked_mean(advantages, mask))
+        metrics["charts/epochs"] = float(epochs_run)
+        metrics["charts/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        return metrics

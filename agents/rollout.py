@@ -1,0 +1,233 @@
+"""Rollouts through the vector environment: KV-cached batched sampling that follows its autoreset.
+
+One rollout plays one episode in every sub-environment, all started by one ``reset``: the agent samples
+each slot's next token from a KV cache (one batched forward pass per step), the env appends the tokens,
+and when a slot's episode ends the env's terminal ``info`` brings back what the agent needs: the score,
+the KL and the per-token log-probs of policy and reference, which are reused rather than computed again.
+
+A slot whose episode has ended waits for the others: the env autoresets it on the next step (NEXT_STEP
+autoreset, the action is ignored) and the agent then feeds it a non-EOS filler token, which cannot end the
+new episode before the rollout does (it would need ``max_new_tokens`` steps), so no unused episode is ever
+scored and the adaptive KL coefficient only sees the episodes that are trained on. The next rollout's
+``reset`` drops them. This is batched generation's usual cost (a batch lasts as long as its longest
+response), paid the same way by a bare ``generate`` loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.core import filter_logits
+from agents.policy import ActorCritic
+from textenv.models import evaluating
+from textenv.scoring import IncrementalLogprobs
+
+#: ``(policy_logprobs (N, V), reference_logprobs (N, V) or None) -> exploration distribution U (N, V)``
+ExplorationFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class Exploration:
+    """Sample from ``(1 - epsilon) * pi + epsilon * U`` instead of ``pi`` (the epsilon-greedy agent)."""
+
+    epsilon: float
+    distribution: ExplorationFn
+    needs_reference: bool = False
+
+
+@dataclass
+class Rollout:
+    """A batch of finished episodes; token tensors are (B, T) with response token ``t`` in column ``t``."""
+
+    query_ids: torch.Tensor  # (B, P) left-padded prompts
+    query_mask: torch.Tensor  # (B, P)
+    response_ids: torch.Tensor  # (B, T) pad after the end
+    response_mask: torch.Tensor  # (B, T) float, 1 on generated tokens (the EOS included)
+    logprobs: torch.Tensor  # (B, T) log pi(a_t|s_t) of the sampling policy, from the env's info
+    ref_logprobs: torch.Tensor  # (B, T) log pi_ref(a_t|s_t), from the env's info
+    values: torch.Tensor  # (B, T) V(s_t) when the token was sampled
+    rewards: torch.Tensor  # (B, T) the env's rewards
+    scores: torch.Tensor  # (B,) reward-model scores
+    kl: torch.Tensor  # (B,) per-sequence KL (nats) the env charged
+    kl_coef: float  # beta the env used
+    prompts: list[str]
+    responses: list[str]
+    steps: int  # vector-env steps the rollout took
+    explore_probs: torch.Tensor | None = None  # (B, T) U(a_t) under exploration
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self.response_ids.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.response_mask.sum())
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(-1)
+
+    @property
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)  # (B, P + T)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
+
+
+def env_constants(env: gym.vector.VectorEnv) -> dict[str, Any]:
+    """What the sampler needs to know about a ``TextRLHF-v0`` vector env (read, never changed)."""
+    engine = getattr(env.unwrapped, "engine", None)
+    if engine is None or not isinstance(env, gym.vector.VectorEnv):
+        raise TypeError(
+            "the agents train on TextRLHF-v0's vector env: "
+            'gymnasium.make_vec("TextRLHF-v0", num_envs=N, vectorization_mode="vector_entry_point"); '
+            f"got {type(env.unwrapped).__name__}"
+        )
+    if engine.policy is None:
+        raise ValueError("this env was made with policy=None; the agents need the LM policy it scores")
+    eos = engine.eos_token_id
+    filler = engine.pad_token_id if engine.pad_token_id != eos else (eos + 1) % engine.vocab_size
+    return {
+        "num_envs": env.num_envs,
+        "prompt_width": engine.max_prompt_tokens,
+        "max_new_tokens": engine.max_new_tokens,
+        "temperature": engine.temperature,
+        "eos_token_id": eos,
+        "pad_token_id": engine.pad_token_id,
+        "filler_token_id": int(filler),
+        "vocab_size": engine.vocab_size,
+    }
+
+
+def _column(infos: dict[str, Any], key: str, slot: int) -> Any:
+    if key not in infos or not infos["_" + key][slot]:
+        raise KeyError(f"the env's terminal info of sub-env {slot} has no {key!r}")
+    return infos[key][slot]
+
+
+@torch.no_grad()
+def collect(
+    env: gym.vector.VectorEnv,
+    model: ActorCritic,
+    *,
+    generator: torch.Generator,
+    seed: int | None = None,
+    group_size: int = 1,
+    exploration: Exploration | None = None,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    reference: torch.nn.Module | None = None,
+) -> Rollout:
+    """Play one episode per sub-environment with ``model.policy`` and return them as a :class:`Rollout`.
+
+    ``seed`` reseeds the env's prompt draws; ``group_size`` gives every ``k`` neighbouring slots one
+    prompt. ``top_k``/``top_p`` truncate the sampling distribution (for evaluation: the env's log-probs,
+    and therefore a PPO ratio, are those of the untruncated distribution). ``exploration`` mixes in another
+    distribution and records ``U(a_t)`` (``reference`` is then the model whose next-token log-probs it
+    reads).
+    """
+    c = env_constants(env)
+    n, P, T = c["num_envs"], c["prompt_width"], c["max_new_tokens"]
+    policy = model.policy
+    device = next(policy.parameters()).device
+    options = {"group_size": group_size} if group_size > 1 else None
+    obs, infos = env.reset(seed=seed, options=options)
+    prompts = [str(p) for p in infos["prompt"]]
+
+    def cache(lm: Any, hidden: bool) -> IncrementalLogprobs:
+        return IncrementalLogprobs(lm, n, P, T, c["temperature"], c["pad_token_id"], output_hidden=hidden)
+
+    shared = model.critic == "shared"
+    caches = {"policy": cache(policy, shared)}
+    if model.critic_model is not None:
+        caches["critic"] = cache(model.critic_model, True)
+    if exploration is not None and exploration.needs_reference:
+        if reference is None:
+            raise ValueError("this exploration distribution needs the reference model")
+        caches["reference"] = cache(reference, False)
+
+    response_ids = torch.full((n, T), c["pad_token_id"], dtype=torch.long)
+    response_mask = torch.zeros(n, T)
+    values = torch.zeros(n, T)
+    rewards = torch.zeros(n, T)
+    logprobs = torch.zeros(n, T)
+    ref_logprobs = torch.zeros(n, T)
+    explore_probs = torch.zeros(n, T) if exploration is not None else None
+    scores, kls, betas = torch.zeros(n), torch.zeros(n), torch.zeros(n)
+    responses = [""] * n
+    running = np.ones(n, dtype=bool)  # the slot's first episode has not ended
+    query_ids = torch.from_numpy(obs["input_ids"][:, :P].copy())
+    query_mask = torch.from_numpy(obs["attention_mask"][:, :P].copy())
+
+    models = [m for m in (policy, model.critic_model, reference) if m is not None]
+    steps = 0
+    with evaluating(*models):
+        index = torch.arange(n, device=device)
+        for lm_cache in caches.values():
+            lm_cache.prefill(index, query_ids.to(device), query_mask.to(device))
+        for t in range(T):
+            lp = caches["policy"].next_logprobs  # (N, V) at the env's temperature
+            if model.value_head is not None:
+                hidden = caches["critic" if "critic" in caches else "policy"].next_hidden
+                values[:, t] = model.value(hidden).float().cpu()
+            if exploration is not None:
+                ref = caches["reference"].next_logprobs if "reference" in caches else None
+                explore = exploration.distribution(lp, ref)  # (N, V)
+                probs = (1 - exploration.epsilon) * lp.exp() + exploration.epsilon * explore
+                actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                assert explore_probs is not None
+                explore_probs[:, t] = explore.gather(-1, actions[:, None]).squeeze(-1).cpu()
+            else:
+                probs = filter_logits(lp, top_k, top_p).softmax(-1)
+                actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            actions = actions.cpu()
+            actions[torch.from_numpy(~running)] = c["filler_token_id"]
+            obs, step_rewards, terminated, truncated, infos = env.step(actions.numpy())
+            steps += 1
+            live = torch.from_numpy(running)
+            response_ids[live, t] = actions[live]
+            response_mask[live, t] = 1.0
+            rewards[live, t] = torch.from_numpy(step_rewards[running]).float()
+            ended = running & (terminated | truncated)
+            for slot in np.flatnonzero(ended).tolist():
+                length = t + 1
+                logprobs[slot, :length] = torch.from_numpy(_column(infos, "logprobs", slot))
+                ref_logprobs[slot, :length] = torch.from_numpy(_column(infos, "ref_logprobs", slot))
+                scores[slot] = float(_column(infos, "score", slot))
+                kls[slot] = float(_column(infos, "kl", slot))
+                betas[slot] = float(_column(infos, "kl_coef", slot))
+                responses[slot] = str(_column(infos, "response", slot))
+            running &= ~ended
+            if not running.any():
+                break
+            go_on = torch.from_numpy(np.flatnonzero(running)).to(device)
+            for lm_cache in caches.values():
+                lm_cache.advance(go_on, actions.to(device)[go_on])
+    if running.any():
+        raise RuntimeError(f"{int(running.sum())} episode(s) did not end within max_new_tokens={T} steps")
+    return Rollout(
+        query_ids=query_ids,
+        query_mask=query_mask,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=logprobs,
+        ref_logprobs=ref_logprobs,
+        values=values,
+        rewards=rewards,
+        scores=scores,
+        kl=kls,
+        kl_coef=float(betas.mean()),
+        prompts=prompts,
+        responses=responses,
+        steps=steps,
+        explore_probs=explore_probs,
+    )

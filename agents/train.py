@@ -1,0 +1,251 @@
+"""The main job: train an agent on the default review task and show what changed.
+
+    python -m agents.train                              # PPO, default budget, run folder runs/ppo-s0
+    python -m agents.train --agent reinforce --seed 1 --timesteps 200000
+    python -m agents.train --resume runs/ppo-s0 --timesteps 300000   # continue a run to a new total
+    python -m agents.train --help                       # every setting of every agent
+
+It prints a line per iteration under a progress bar, then a before/after table (RM score, gold sentiment,
+positive rate, grammatical rate, KL, distinct-2) and sample responses, and writes a run folder:
+``config.json``, ``metrics.jsonl`` / ``metrics.csv`` (one row per iteration), ``curves.png``,
+``summary.json``, ``samples.md`` and ``checkpoint/`` (a saved agent; its ``policy/`` loads as a plain
+transformers model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+AGENT_NAMES = ("ppo", "reinforce", "egreedy")
+ENV_OPTIONS = ("kl_coef", "kl_target", "kl_horizon", "kl_estimator", "kl_placement")
+
+
+def agent_classes() -> dict[str, Any]:
+    from agents import PPO, REINFORCE, EpsilonGreedyPPO
+
+    return {"ppo": PPO, "reinforce": REINFORCE, "egreedy": EpsilonGreedyPPO}
+
+
+def _parse_value(text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m agents.train",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--agent", choices=AGENT_NAMES, default=None, help="learner (default: ppo)")
+    parser.add_argument("--timesteps", type=int, default=None, help="total response tokens (default 150000)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0)")
+    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default runs/AGENT-sSEED)")
+    parser.add_argument("--resume", type=Path, default=None, help="continue the run saved in this folder")
+    parser.add_argument("--eval-episodes", type=int, default=512, help="episodes of the before/after table")
+    parser.add_argument("--samples", type=int, default=6, help="sample responses to show before and after")
+    parser.add_argument(
+        "--save-every", type=int, default=25, help="checkpoint every N iterations (0: end only)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no line per iteration")
+    env = parser.add_argument_group("environment (the default task's env)")
+    env.add_argument("--kl-coef", type=float, help="initial beta (default 0.2)")
+    env.add_argument("--kl-target", type=_parse_value, help="adaptive-beta KL target in nats, or none (6)")
+    env.add_argument("--kl-horizon", type=float, help="adaptive-beta horizon in episodes (10000)")
+    env.add_argument("--kl-estimator", choices=("k1", "k2", "k3"), help="per-token KL estimator (k1)")
+    env.add_argument("--kl-placement", choices=("terminal", "per_token"), help="where the KL is paid")
+    seen: dict[str, str] = {}
+    classes = agent_classes()
+    group = parser.add_argument_group("agent settings (each applies to the agents that have it)")
+    for name, cls in classes.items():
+        for f in fields(cls.Config):
+            if f.name in ("env_kwargs",) or f.name in seen:
+                seen.setdefault(f.name, name)
+                continue
+            seen[f.name] = name
+            default = f.default if f.default is not MISSING else None
+            owners = [n for n, c in classes.items() if f.name in {g.name for g in fields(c.Config)}]
+            who = "" if len(owners) == len(classes) else f" [{', '.join(owners)}]"
+            group.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                type=_parse_value,
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata.get('help', '')} (default {default!r}){who}",
+            )
+    return parser
+
+
+def _print(text: str) -> None:
+    tqdm.write(text)
+    sys.stdout.flush()
+
+
+def _iteration_line(m: dict[str, float]) -> str:
+    return (
+        f"it {int(m['charts/iteration']):>4}  tok {int(m['charts/timesteps']):>8,}  "
+        f"score {m['objective/scores']:+.2f}  kl {m['objective/kl']:5.2f}  "
+        f"beta {m['objective/kl_coef']:.3f}  "
+        f"gold {m['gold/sentiment']:+.2f}  pos {m['gold/positive_rate']:4.0%}  "
+        f"gram {m['gold/grammatical_rate']:4.0%}  len {m['charts/episode_length']:4.1f}  "
+        f"({m['charts/rollout_seconds'] + m['charts/update_seconds']:.1f}s)"
+    )
+
+
+def write_csv(rows: list[dict[str, float]], path: Path) -> None:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _samples(rows: list[dict[str, Any]], n: int) -> list[str]:
+    return [
+        f"[RM {r['score']:+.2f} | gold {r['gold']:+.2f}{'' if r['grammatical'] else ' ungrammatical'}] "
+        f"{r['prompt']}{r['response']}"
+        for r in rows[:n]
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    given = vars(args)
+    import transformers
+
+    from agents import evaluation
+    from agents.base import DEFAULT_ENV_KWARGS
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    classes = agent_classes()
+    agent_fields = {f.name for cls in classes.values() for f in fields(cls.Config)}
+    overrides = {k: v for k, v in given.items() if k in agent_fields}
+    env_overrides = {k: given[k] for k in ENV_OPTIONS if given.get(k) is not None}
+
+    if args.resume is not None:
+        run_dir = args.resume
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        name = saved["agent"]
+        if args.agent not in (None, name):
+            raise SystemExit(f"{run_dir} is a {name} run; drop --agent or start a new run")
+        seed = saved["seed"]
+        timesteps = args.timesteps if args.timesteps is not None else saved["timesteps"]
+        agent = classes[name].load(run_dir / "checkpoint", "TextRLHF-v0", **overrides)
+        before = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["before"]
+        before_rows = json.loads((run_dir / "samples_before.json").read_text(encoding="utf-8"))
+        # keep the metrics of the iterations the checkpoint has, drop any logged after it
+        history = agent.history
+        _print(f"resuming {name} from {run_dir} at {agent.num_timesteps:,} timesteps")
+    else:
+        name = args.agent or "ppo"
+        seed = 0 if args.seed is None else args.seed
+        timesteps = 150_000 if args.timesteps is None else args.timesteps
+        run_dir = args.run_dir or Path("runs") / f"{name}-s{seed}"
+        if (run_dir / "config.json").exists():
+            raise SystemExit(f"{run_dir} already holds a run: pass --resume {run_dir} or another --run-dir")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        env_kwargs = DEFAULT_ENV_KWARGS | env_overrides
+        agent = classes[name]("TextRLHF-v0", seed=seed, env_kwargs=env_kwargs, **overrides)
+        history = agent.history
+    config = {
+        "agent": name,
+        "seed": seed,
+        "timesteps": timesteps,
+        "config": {k: v for k, v in vars(agent.config).items()},
+        "command": ["python", "-m", "agents.train", *(argv if argv is not None else sys.argv[1:])],
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
+
+    eval_env = evaluation.make_eval_env(agent, num_envs=min(128, args.eval_episodes))
+    policy = agent.model.policy
+    _print(
+        f"{type(agent).__name__} on TextRLHF-v0 (default review task): "
+        f"{sum(p.numel() for p in policy.parameters()):,}"
+        f"-parameter policy, {agent.constants['num_envs']} episodes per iteration, {timesteps:,} timesteps, "
+        f"run folder {run_dir}"
+    )
+    if args.resume is None:
+        before, before_rows = evaluation.evaluate(agent, eval_env, args.eval_episodes)
+        (run_dir / "samples_before.json").write_text(
+            json.dumps(before_rows[: args.samples]), encoding="utf-8"
+        )
+        (run_dir / "summary.json").write_text(json.dumps({"before": before}, indent=1), encoding="utf-8")
+
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
+    start = time.perf_counter()
+
+    def on_iteration(agent_: Any, metrics: dict[str, float]) -> None:
+        rollout = agent_.last_rollout
+        metrics.update(evaluation.gold_metrics(rollout.prompts, rollout.responses))
+        with metrics_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if not args.quiet:
+            _print(_iteration_line(metrics))
+        if args.save_every and agent_.iterations % args.save_every == 0:
+            agent_.save(run_dir / "checkpoint")
+
+    remaining = max(0, timesteps - agent.num_timesteps)
+    agent.learn(remaining, callback=on_iteration, progress_bar=True)
+    train_seconds = time.perf_counter() - start
+    agent.save(run_dir / "checkpoint")
+    write_csv(agent.history, run_dir / "metrics.csv")
+    evaluation.plot_curves({name: agent.history}, run_dir / "curves.png", title=f"{name}, seed {seed}")
+
+    after, after_rows = evaluation.evaluate(agent, eval_env, args.eval_episodes)
+    summary = {
+        "before": before,
+        "after": after,
+        "train_seconds": train_seconds,
+        "timesteps": agent.num_timesteps,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    samples = [
+        "## before",
+        *_samples(before_rows, args.samples),
+        "",
+        "## after",
+        *_samples(after_rows, args.samples),
+    ]
+    (run_dir / "samples.md").write_text("\n".join(samples) + "\n", encoding="utf-8")
+
+    print(
+        f"\ntrained {agent.num_timesteps:,} timesteps in {train_seconds:.0f}s; "
+        f"{args.eval_episodes} evaluation episodes:"
+    )
+    print(evaluation.format_summary(before, after))
+    print("\nsamples before training:")
+    print("\n".join("  " + s for s in _samples(before_rows, args.samples)))
+    print("samples after training:")
+    print("\n".join("  " + s for s in _samples(after_rows, args.samples)))
+    print(f"\nrun folder: {run_dir} (metrics.jsonl, metrics.csv, curves.png, summary.json, checkpoint/)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The agents on tiny models: updates, determinism, exact resume, predict, saved policies."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from agents import PPO, REINFORCE, EpsilonGreedyPPO
+from agents.base import Agent
+from textenv import toy
+
+AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
+    "ppo": (PPO, {}),
+    "ppo-separate-critic": (PPO, {"critic": "separate"}),
+    "reinforce-loo": (REINFORCE, {}),
+    "reinforce-moving-average": (REINFORCE, {"baseline": "moving_average"}),
+    "egreedy-uniform": (EpsilonGreedyPPO, {"epsilon": 0.2}),
+    "egreedy-reference-top-k": (
+        EpsilonGreedyPPO,
+        {"epsilon": 0.2, "epsilon_final": 0.0, "exploration": "reference_top_k", "exploration_top_k": 3},
+    ),
+}
+TIMING = ("charts/rollout_seconds", "charts/update_seconds", "charts/tokens_per_second")
+
+
+@pytest.fixture
+def make_agent_env(tokenizer, reference):
+    """A fresh vector env with its own policy (training changes the policy in place)."""
+
+    def make(num_envs: int = 8, **overrides: Any) -> gym.vector.VectorEnv:
+        kwargs = dict(
+            policy=toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5),
+            reference=reference,
+            tokenizer=tokenizer,
+            reward_model=toy.lexicon_reward,
+            prompts=toy.PROMPTS,
+            max_new_tokens=6,
+            max_prompt_tokens=6,
+            kl_coef=0.2,
+            kl_target=6.0,
+            kl_horizon=100,
+        )
+        return gym.make_vec(
+            "TextRLHF-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", **(kwargs | overrides)
+        )
+
+    return make
+
+
+def train(agent: Agent, iterations: int) -> Agent:
+    return agent.learn(10**9, callback=lambda a, m: a.iterations < iterations)
+
+
+def comparable(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_one_update_changes_every_trainable_parameter(name, make_agent_env):
+    cls, config = AGENTS[name]
+    agent = cls(make_agent_env(), seed=0, **config)
+    before = {n: p.detach().clone() for n, p in agent.model.named_parameters() if p.requires_grad}
+    assert before, "the agent has nothing to train"
+    rollout = agent.collect_rollout()
+    metrics = agent.update(rollout)
+    unchanged = [n for n, p in agent.model.named_parameters() if n in before and torch.equal(p, before[n])]
+    assert not unchanged, f"parameters not updated: {unchanged}"
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert all(torch.isfinite(p).all() for p in agent.model.parameters())
+    if cls is not REINFORCE:
+        assert agent.model.value_head is not None and "loss/value" in metrics
+    else:
+        assert agent.model.value_head is None  # REINFORCE learns no value function
+
+
+def test_rollout_matches_a_teacher_forced_pass(make_agent_env):
+    """The env's log-probs and the sampler's values agree with one teacher-forced pass of the model."""
+    agent = train(PPO(make_agent_env(), seed=0), 2)  # a trained, nonzero value head
+    rollout = agent.collect_rollout()
+    mask = rollout.response_mask.bool()
+    assert rollout.num_episodes == 8 and mask.any(-1).all()
+    with torch.no_grad():
+        logprobs, values, entropy = agent.model.evaluate(
+            rollout.input_ids, rollout.attention_mask, agent.constants["prompt_width"]
+        )
+    assert values[mask].abs().max() > 1e-4
+    torch.testing.assert_close(rollout.logprobs[mask], logprobs[mask], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rollout.values[mask], values[mask], rtol=1e-4, atol=1e-4)
+    kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
+    torch.testing.assert_close(kl, rollout.kl, rtol=1e-4, atol=1e-4)
+    # terminal reward: score - beta * KL on the last token, nothing before it
+    torch.testing.assert_close(
+        rollout.rewards.sum(-1), rollout.scores - rollout.kl_coef * rollout.kl, rtol=1e-4, atol=1e-4
+    )
+    assert (entropy[mask] > 0).all()
+
+
+def test_group_size_gives_each_group_one_prompt(make_agent_env):
+    agent = REINFORCE(make_agent_env(num_envs=8), seed=3, group_size=4)
+    rollout = agent.collect_rollout()
+    assert len(set(rollout.prompts[:4])) == 1 and len(set(rollout.prompts[4:])) == 1
+    with pytest.raises(ValueError, match="group_size"):
+        REINFORCE(make_agent_env(num_envs=6), seed=0, group_size=4)
+    with pytest.raises(ValueError, match="group_size"):
+        make_agent_env(num_envs=6).reset(seed=0, options={"group_size": 4})
+
+
+@pytest.mark.parametrize("name", ["ppo", "reinforce-loo", "egreedy-reference-top-k"])
+def test_same_seed_same_metrics(name, make_agent_env):
+    cls, config = AGENTS[name]
+    runs = [train(cls(make_agent_env(), seed=7, **config), 2) for _ in range(2)]
+    assert comparable(runs[0].history) == comparable(runs[1].history)
+    other = train(cls(make_agent_env(), seed=8, **config), 2)
+    assert comparable(other.history) != comparable(runs[0].history)
+
+
+@pytest.mark.parametrize(
+    "name", ["ppo", "ppo-separate-critic", "reinforce-moving-average", "egreedy-uniform"]
+)
+def test_three_iterations_equal_two_then_save_load_then_one(name, make_agent_env, tmp_path):
+    cls, config = AGENTS[name]
+    straight = train(cls(make_agent_env(), seed=0, **config), 3)
+
+    first = train(cls(make_agent_env(), seed=0, **config), 2)
+    first.save(tmp_path / "ckpt")
+    resumed = cls.load(tmp_path / "ckpt", make_agent_env())
+    assert resumed.num_timesteps == first.num_timesteps and resumed.iterations == 2
+    assert resumed.env.unwrapped.kl_coef == first.env.unwrapped.kl_coef
+    train(resumed, 3)
+
+    assert comparable(resumed.history) == comparable(straight.history)
+    for (n, a), (_, b) in zip(
+        straight.model.named_parameters(), resumed.model.named_parameters(), strict=True
+    ):
+        assert torch.equal(a, b), n
+    assert straight.env.unwrapped.kl_coef == resumed.env.unwrapped.kl_coef
+
+
+def test_save_load_gives_identical_predict(make_agent_env, tmp_path):
+    agent = train(PPO(make_agent_env(), seed=0, top_k=5), 1)
+    agent.save(tmp_path / "ckpt")
+    loaded = Agent.load(tmp_path / "ckpt", make_agent_env())  # the base class finds the saved agent's type
+    assert type(loaded) is PPO and loaded.config == agent.config
+    obs, _ = make_agent_env().reset(seed=11)
+    for deterministic in (True, False):
+        for _ in range(3):
+            a, _ = agent.predict(obs, deterministic=deterministic)
+            b, _ = loaded.predict(obs, deterministic=deterministic)
+            np.testing.assert_array_equal(a, b)
+    single = {k: v[0] for k, v in obs.items()}
+    action, state = loaded.predict(single, deterministic=True)
+    assert state is None and np.ndim(action) == 0 and action == loaded.predict(obs, deterministic=True)[0][0]
+
+
+def test_predict_deterministic_is_the_most_likely_token(make_agent_env):
+    env = make_agent_env(num_envs=2)
+    agent = PPO(env, seed=0)
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(np.array([5, 6]))  # one response token in each row
+    ids, mask = torch.from_numpy(obs["input_ids"]), torch.from_numpy(obs["attention_mask"])
+    with torch.no_grad():
+        logits = agent.model.policy(
+            input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+        ).logits
+    P = agent.constants["prompt_width"]
+    expected = logits[:, P].argmax(-1).numpy()  # the column of the first response token predicts the next
+    np.testing.assert_array_equal(agent.predict(obs, deterministic=True)[0], expected)
+    sampled, _ = agent.predict(obs)
+    assert sampled.shape == (2,) and ((sampled >= 0) & (sampled < env.single_action_space.n)).all()
+
+
+def test_saved_policy_loads_as_a_plain_transformers_model(make_agent_env, tmp_path):
+    agent = train(PPO(make_agent_env(), seed=0), 1)
+    agent.save(tmp_path / "ckpt")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "policy", use_safetensors=True)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "ckpt" / "policy")
+    ids = torch.tensor([tokenizer("the food was")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, agent.model.policy(ids).logits)
+
+
+def test_agent_errors(make_agent_env, make_env, tmp_path):
+    env = make_agent_env()
+    with pytest.raises(TypeError, match="learning_rate"):
+        PPO(env, learnin_rate=1e-3)
+    with pytest.raises(TypeError, match="vector env"):
+        PPO(make_env(), seed=0)
+    with pytest.raises(ValueError, match="policy=None"):
+        PPO(make_agent_env(policy=None), seed=0)
+    with pytest.raises(ValueError, match="baseline"):
+        REINFORCE(env, baseline="median")
+    with pytest.raises(ValueError, match="exploration"):
+        EpsilonGreedyPPO(env, exploration="boltzmann")
+    with pytest.raises(FileNotFoundError, match=r"state\.json"):
+        PPO.load(tmp_path, env)
+    train(PPO(make_agent_env(), seed=0), 1).save(tmp_path / "ppo")
+    with pytest.raises(TypeError, match="holds a PPO"):
+        REINFORCE.load(tmp_path / "ppo", make_agent_env())
+
+
+def test_epsilon_schedule(make_agent_env):
+    agent = EpsilonGreedyPPO(make_agent_env(), epsilon=0.3, epsilon_final=0.1, epsilon_decay_timesteps=100)
+    assert agent.epsilon() == pytest.approx(0.3)
+    agent.num_timesteps = 50
+    assert agent.epsilon() == pytest.approx(0.2)
+    agent.num_timesteps = 1000
+    assert agent.epsilon() == pytest.approx(0.1)
+    assert EpsilonGreedyPPO(make_agent_env(), epsilon=0.3).epsilon() == 0.3

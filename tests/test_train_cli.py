@@ -1,0 +1,52 @@
+"""The main job, `python -m agents.train`, end to end on the default task at a tiny size."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from agents import PPO
+from agents.train import build_parser, main
+
+TINY = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "2", "--save-every", "1", "--quiet"]
+
+
+def test_training_command_end_to_end_and_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    summary = main(["--timesteps", "150", "--run-dir", str(run), "--seed", "3", *TINY])
+    out = capsys.readouterr().out
+    for text in ("before", "after", "positive rate", "grammatical rate", "distinct-2", "samples after"):
+        assert text in out
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "samples.md"):
+        assert (run / name).is_file(), name
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows and rows[-1]["charts/timesteps"] >= 150
+    assert {"objective/scores", "objective/kl", "gold/positive_rate", "policy/approxkl"} <= set(rows[0])
+    assert set(summary["before"]) >= {"rm_score", "gold_sentiment", "positive_rate", "grammatical_rate", "kl"}
+    assert summary["before"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as its reference
+    AutoModelForCausalLM.from_pretrained(run / "checkpoint" / "policy", use_safetensors=True)
+
+    with pytest.raises(SystemExit, match="--resume"):
+        main(["--timesteps", "150", "--run-dir", str(run), *TINY])
+    main(["--resume", str(run), "--timesteps", "300", *TINY])
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert resumed[: len(rows)] == rows and len(resumed) > len(rows)
+    assert resumed[-1]["charts/timesteps"] >= 300
+    agent = PPO.load(run / "checkpoint", "TextRLHF-v0")
+    assert agent.num_timesteps == resumed[-1]["charts/timesteps"] and agent.config.num_envs == 8
+
+
+def test_parser_offers_every_agent_setting():
+    text = build_parser().format_help()
+    for flag in (
+        "--learning-rate",
+        "--clip-range",
+        "--baseline",
+        "--epsilon",
+        "--exploration",
+        "--kl-target",
+    ):
+        assert flag in text
