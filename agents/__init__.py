@@ -8,7 +8,7 @@ All three train against ``TextRLHF-v0``'s vector env through the Gymnasium API a
     import textenv
     from agents import PPO
 
-    env = gym.make_vec("TextRLHF-v0", num_envs=128, vectorization_mode="vector_entry_point",
+    env = gym.make_vec("TextRLHF-v0", num_envs=256, vectorization_mode="vector_entry_point",
                        kl_coef=0.2, kl_target=6.0)
     agent = PPO(env, seed=0).learn(total_timesteps=100_000, progress_bar=True)
     agent.save("runs/my-ppo")

@@ -49,7 +49,7 @@ def option(default: Any, help: str) -> Any:
 class AgentConfig:
     """Settings every agent has."""
 
-    num_envs: int = option(128, "episodes per iteration: sub-envs of the vector env made from an env id")
+    num_envs: int = option(256, "episodes per iteration: sub-envs of the vector env made from an env id")
     learning_rate: float = option(1e-4, "Adam step size")
     adam_eps: float = option(1e-5, "Adam epsilon")
     max_grad_norm: float = option(1.0, "clip the gradient's global norm to this (0 = no clipping)")
@@ -68,7 +68,7 @@ def describe_config(config_class: type) -> str:
     return "\n".join(lines)
 
 
-def make_env(env_id: str = "TextRLHF-v0", num_envs: int = 128, **kwargs: Any) -> gym.vector.VectorEnv:
+def make_env(env_id: str = "TextRLHF-v0", num_envs: int = 256, **kwargs: Any) -> gym.vector.VectorEnv:
     """The batched env an agent trains on, with the adaptive-KL defaults unless ``kwargs`` say otherwise."""
     import textenv  # noqa: F401  (registers TextRLHF-v0)
 

@@ -30,7 +30,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def make_eval_env(agent: Agent, num_envs: int = 128) -> gym.vector.VectorEnv:
+def make_eval_env(agent: Agent, num_envs: int = 256) -> gym.vector.VectorEnv:
     """A vector env on the default task sharing ``agent``'s models, with beta fixed at its current value."""
     train = agent.env.unwrapped
     return make_env(

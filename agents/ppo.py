@@ -67,6 +67,7 @@ class PPO(Agent):
     def update(self, rollout: Rollout) -> dict[str, float]:
         c = self.config
         dev = self.device
+        rollout = rollout.trimmed()
         P, temperature = self.constants["prompt_width"], self.constants["temperature"]
         input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
         mask = rollout.response_mask.to(dev)

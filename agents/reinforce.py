@@ -32,6 +32,8 @@ BASELINES = ("leave_one_out", "moving_average")
 class REINFORCEConfig(AgentConfig):
     """Settings of :class:`REINFORCE`."""
 
+    learning_rate: float = option(5e-4, "Adam step size (one step per rollout, so larger than PPO's)")
+
     baseline: str = option("leave_one_out", "'leave_one_out' (over group_size answers) or 'moving_average'")
     group_size: int = option(4, "answers per prompt in a rollout (leave_one_out needs >= 2)")
     baseline_decay: float = option(0.9, "moving_average: b <- decay * b + (1 - decay) * batch mean return")
@@ -73,6 +75,7 @@ class REINFORCE(Agent):
     def update(self, rollout: Rollout) -> dict[str, float]:
         c = self.config
         dev = self.device
+        rollout = rollout.trimmed()
         mask = rollout.response_mask.to(dev)
         returns = rollout.rewards.sum(-1).to(dev)  # (B,)
         if c.baseline == "leave_one_out":

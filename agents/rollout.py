@@ -15,6 +15,7 @@ response), paid the same way by a bare ``generate`` loop.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core import filter_logits
+from agents.core import categorical, filter_logits
 from agents.policy import ActorCritic
 from textenv.models import evaluating
 from textenv.scoring import IncrementalLogprobs
@@ -59,6 +60,7 @@ class Rollout:
     prompts: list[str]
     responses: list[str]
     steps: int  # vector-env steps the rollout took
+    sampler_logprobs: torch.Tensor | None = None  # (B, T) log pi(a_t|s_t) as the KV-cached sampler saw it
     explore_probs: torch.Tensor | None = None  # (B, T) U(a_t) under exploration
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -73,6 +75,25 @@ class Rollout:
     @property
     def lengths(self) -> torch.Tensor:
         return self.response_mask.sum(-1)
+
+    def trimmed(self) -> Rollout:
+        """The same episodes with the token columns cut after the longest response (less work per pass)."""
+        width = int(self.lengths.max()) if self.num_episodes else 0
+        cut = {
+            name: getattr(self, name)[:, :width]
+            for name in (
+                "response_ids",
+                "response_mask",
+                "logprobs",
+                "ref_logprobs",
+                "values",
+                "rewards",
+                "sampler_logprobs",
+                "explore_probs",
+            )
+            if getattr(self, name) is not None
+        }
+        return dataclasses.replace(self, **cut)
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -162,6 +183,7 @@ def collect(
     logprobs = torch.zeros(n, T)
     ref_logprobs = torch.zeros(n, T)
     explore_probs = torch.zeros(n, T) if exploration is not None else None
+    sampler_logprobs = torch.zeros(n, T)
     scores, kls, betas = torch.zeros(n), torch.zeros(n), torch.zeros(n)
     responses = [""] * n
     running = np.ones(n, dtype=bool)  # the slot's first episode has not ended
@@ -183,12 +205,13 @@ def collect(
                 ref = caches["reference"].next_logprobs if "reference" in caches else None
                 explore = exploration.distribution(lp, ref)  # (N, V)
                 probs = (1 - exploration.epsilon) * lp.exp() + exploration.epsilon * explore
-                actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                actions = categorical(probs, generator)
                 assert explore_probs is not None
                 explore_probs[:, t] = explore.gather(-1, actions[:, None]).squeeze(-1).cpu()
             else:
-                probs = filter_logits(lp, top_k, top_p).softmax(-1)
-                actions = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                probs = lp.exp() if top_k == 0 and top_p == 1 else filter_logits(lp, top_k, top_p).softmax(-1)
+                actions = categorical(probs, generator)
+            sampler_logprobs[:, t] = lp.gather(-1, actions[:, None]).squeeze(-1).float().cpu()
             actions = actions.cpu()
             actions[torch.from_numpy(~running)] = c["filler_token_id"]
             obs, step_rewards, terminated, truncated, infos = env.step(actions.numpy())
@@ -229,5 +252,6 @@ def collect(
         prompts=prompts,
         responses=responses,
         steps=steps,
+        sampler_logprobs=sampler_logprobs * response_mask,
         explore_probs=explore_probs,
     )

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
 
-    eval_env = evaluation.make_eval_env(agent, num_envs=min(128, args.eval_episodes))
+    eval_env = evaluation.make_eval_env(agent, num_envs=min(256, args.eval_episodes))
     policy = agent.model.policy
     _print(
         f"{type(agent).__name__} on TextRLHF-v0 (default review task): "

@@ -91,6 +91,9 @@ def test_rollout_matches_a_teacher_forced_pass(make_agent_env):
         )
     assert values[mask].abs().max() > 1e-4
     torch.testing.assert_close(rollout.logprobs[mask], logprobs[mask], rtol=1e-4, atol=1e-4)
+    # the KV-cached sampler drew each token from the distribution the env scores
+    assert rollout.sampler_logprobs is not None
+    torch.testing.assert_close(rollout.sampler_logprobs[mask], logprobs[mask], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(rollout.values[mask], values[mask], rtol=1e-4, atol=1e-4)
     kl = ((rollout.logprobs - rollout.ref_logprobs) * rollout.response_mask).sum(-1)
     torch.testing.assert_close(kl, rollout.kl, rtol=1e-4, atol=1e-4)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from agents.core import filter_logits, gae, masked_mean, masked_var, masked_whiten
+from agents.core import categorical, filter_logits, gae, masked_mean, masked_var, masked_whiten
 from agents.egreedy import log_mixture
 from agents.reinforce import leave_one_out_baseline
 
@@ -82,3 +82,14 @@ def test_filter_logits_top_k_and_top_p():
     torch.testing.assert_close(filter_logits(logits), logits)
     with pytest.raises(ValueError, match="top_p"):
         filter_logits(logits, top_p=0.0)
+
+
+def test_categorical_draws_from_the_given_distribution():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 0.0, 2.0]])  # the second row unnormalised
+    generator = torch.Generator().manual_seed(0)
+    draws = torch.stack([categorical(probs, generator) for _ in range(20_000)])  # (n, 2)
+    frequencies = torch.bincount(draws[:, 0], minlength=4).float() / len(draws)
+    torch.testing.assert_close(frequencies, torch.tensor([0.1, 0.0, 0.6, 0.3]), atol=0.015, rtol=0)
+    assert draws[:, 1].eq(3).all()  # zero-probability tokens are never drawn
+    again = torch.stack([categorical(probs, torch.Generator().manual_seed(0)) for _ in range(1)])
+    assert torch.equal(again[0], draws[0])  # the generator makes it reproducible

@@ -98,11 +98,13 @@ class evaluating:
 
     def __enter__(self) -> None:
         self._modes = [m.training for m in self.models]
-        for m in self.models:
-            m.eval()
+        for m, mode in zip(self.models, self._modes, strict=True):
+            if mode:  # switching modes walks every submodule: skip it for models already in eval mode
+                m.eval()
         self._grad.__enter__()
 
     def __exit__(self, *exc: object) -> None:
         self._grad.__exit__(*exc)
         for m, mode in zip(self.models, self._modes, strict=True):
-            m.train(mode)
+            if mode:
+                m.train()
