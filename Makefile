@@ -1,10 +1,11 @@
-# The two commands of a fresh machine:  make demo  (set up, run the main job)  and  make test.
+# The two commands of a fresh machine:  make demo  (set up, run the main job: train PPO on the default
+# task)  and  make test.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo test test-slow lint bench assets clean
+.PHONY: setup demo play test test-slow lint bench bench-learning assets clean
 
 setup: $(STAMP)
 
@@ -17,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 demo: $(STAMP)
+	$(BIN)/python -m agents.train
+
+play: $(STAMP)
 	$(BIN)/python -m textenv.demo
 
 test: $(STAMP)
@@ -32,6 +36,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/env_overhead.py
+	$(BIN)/python benchmarks/throughput.py
+
+bench-learning: $(STAMP)
+	$(BIN)/python benchmarks/learning.py
 
 assets: $(STAMP)
 	$(BIN)/python -m textenv.tasks.reviews.build

@@ -30,6 +30,7 @@ from transformers import AutoModelForCausalLM
 from agents.core import sample_tokens
 from agents.policy import ActorCritic, Critic
 from agents.rollout import Exploration, Rollout, collect, env_constants
+from textenv.models import evaluating
 
 #: Settings of the env an agent makes for itself from an id (lm-human-preferences' adaptive KL).
 DEFAULT_ENV_KWARGS: dict[str, Any] = {"kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 10_000}
@@ -94,6 +95,13 @@ class Agent:
         self.config = self.Config(**config)
         if isinstance(env, str):
             env = make_env(env, num_envs=self.config.num_envs, **self.config.env_kwargs)
+        elif "num_envs" in config and config["num_envs"] != getattr(env, "num_envs", None):
+            raise ValueError(
+                f"num_envs={config['num_envs']} but the env given has {getattr(env, 'num_envs', None)} "
+                "sub-envs; num_envs only sizes the env an agent makes from an env id"
+            )
+        else:
+            self.config.num_envs = int(getattr(env, "num_envs", self.config.num_envs))
         self.env = env
         self.constants = env_constants(env)
         self.model = ActorCritic(env.unwrapped.policy, critic=self.critic_kind())  # type: ignore[attr-defined]
@@ -197,7 +205,6 @@ class Agent:
         return self
 
     # ------------------------------------------------------------------ acting
-    @torch.no_grad()
     def predict(
         self,
         observation: dict[str, np.ndarray],
@@ -214,20 +221,13 @@ class Agent:
         ids = torch.as_tensor(np.asarray(observation["input_ids"]), dtype=torch.long)
         mask = torch.as_tensor(np.asarray(observation["attention_mask"]), dtype=torch.long)
         single = ids.dim() == 1
-        ids, mask = (
-            ids.reshape(-1, ids.shape[-1]).to(self.device),
-            mask.reshape(-1, ids.shape[-1]).to(self.device),
-        )
+        width = ids.shape[-1]
+        ids, mask = ids.reshape(-1, width).to(self.device), mask.reshape(-1, width).to(self.device)  # (B, L)
         P = self.constants["prompt_width"]
         last = P - 1 + mask[:, P:].sum(-1)  # column of the latest token, whose logits predict the next
-        policy = self.model.policy
-        was_training = policy.training
-        policy.eval()
-        try:
+        with evaluating(self.model.policy):
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits
-        finally:
-            policy.train(was_training)
+            logits = self.model.policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         logits = logits[torch.arange(ids.shape[0], device=self.device), last].float()  # (B, V)
         actions = sample_tokens(
             logits,
@@ -285,7 +285,10 @@ class Agent:
         if state["agent"] != cls.__name__ and cls is not Agent:
             raise TypeError(f"{path} holds a {state['agent']}, not a {cls.__name__}")
         agent_class = AGENTS[state["agent"]] if cls is Agent else cls
-        agent = agent_class(env, seed=state["seed"], **(state["config"] | overrides))
+        config = state["config"] | overrides
+        if not isinstance(env, str) and "num_envs" not in overrides:
+            config.pop("num_envs")  # the env given decides
+        agent = agent_class(env, seed=state["seed"], **config)
         saved = AutoModelForCausalLM.from_pretrained(path / "policy", use_safetensors=True)
         agent.model.policy.load_state_dict(saved.state_dict())
         if agent.model.critic_model is not None:

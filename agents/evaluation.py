@@ -117,6 +117,7 @@ def plot_curves(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     panels = (
         ("objective/scores", "RM score"),
@@ -142,12 +143,13 @@ def plot_curves(
                 ax.fill_between(x, y.min(0), y.max(0), alpha=0.2, color=line.get_color())
         ax.set_title(name)
         ax.set_xlabel("timesteps (tokens)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
     return path

@@ -1,8 +1,8 @@
 """The main job: train an agent on the default review task and show what changed.
 
-    python -m agents.train                              # PPO, default budget, run folder runs/ppo-s0
-    python -m agents.train --agent reinforce --seed 1 --timesteps 200000
-    python -m agents.train --resume runs/ppo-s0 --timesteps 300000   # continue a run to a new total
+    python -m agents.train                            # PPO, 100k tokens, run folder runs/ppo-s0-<time>
+    python -m agents.train --agent reinforce --seed 1 --timesteps 200000 --run-dir runs/rf1
+    python -m agents.train --resume runs/rf1 --timesteps 300000   # continue a run to a new total
     python -m agents.train --help                       # every setting of every agent
 
 It prints a line per iteration under a progress bar, then a before/after table (RM score, gold sentiment,
@@ -56,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--agent", choices=AGENT_NAMES, default=None, help="learner (default: ppo)")
-    parser.add_argument("--timesteps", type=int, default=None, help="total response tokens (default 150000)")
+    parser.add_argument("--timesteps", type=int, default=None, help="total response tokens (default 100000)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0)")
-    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default runs/AGENT-sSEED)")
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="run folder (default runs/AGENT-sSEED-TIME)"
+    )
     parser.add_argument("--resume", type=Path, default=None, help="continue the run saved in this folder")
     parser.add_argument("--eval-episodes", type=int, default=512, help="episodes of the before/after table")
     parser.add_argument("--samples", type=int, default=6, help="sample responses to show before and after")
@@ -164,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         name = args.agent or "ppo"
         seed = 0 if args.seed is None else args.seed
-        timesteps = 150_000 if args.timesteps is None else args.timesteps
-        run_dir = args.run_dir or Path("runs") / f"{name}-s{seed}"
+        timesteps = 100_000 if args.timesteps is None else args.timesteps
+        run_dir = args.run_dir or Path("runs") / f"{name}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "config.json").exists():
             raise SystemExit(f"{run_dir} already holds a run: pass --resume {run_dir} or another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,9 @@ def test_agent_errors(make_agent_env, make_env, tmp_path):
         PPO(make_env(), seed=0)
     with pytest.raises(ValueError, match="policy=None"):
         PPO(make_agent_env(policy=None), seed=0)
+    with pytest.raises(ValueError, match="num_envs=4"):
+        PPO(env, num_envs=4)
+    assert PPO(env).config.num_envs == 8  # the env given decides
     with pytest.raises(ValueError, match="baseline"):
         REINFORCE(env, baseline="median")
     with pytest.raises(ValueError, match="exploration"):
