@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
 
 from textenv import toy
 
 
-def test_sb3_ppo_learns_a_few_thousand_steps_on_a_tiny_vocabulary():
+def test_sb3_ppo_learns_a_few_thousand_steps_on_a_tiny_vocabulary(tmp_path):
     words = ["the", "food", "was", "good", "bad", "."]
     tokenizer = toy.toy_tokenizer(words)
     assert len(tokenizer) == 15
@@ -38,6 +39,7 @@ def test_sb3_ppo_learns_a_few_thousand_steps_on_a_tiny_vocabulary():
         device="cpu",
         verbose=0,
     )
+    model.set_logger(configure(str(tmp_path), []))  # not SB3's default folder in the system temp dir
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=3072)
     assert model.num_timesteps >= 3072
@@ -51,7 +53,7 @@ def test_sb3_ppo_learns_a_few_thousand_steps_on_a_tiny_vocabulary():
 
 
 @pytest.mark.slow
-def test_sb3_ppo_raises_the_score_on_a_tiny_vocabulary():
+def test_sb3_ppo_raises_the_score_on_a_tiny_vocabulary(tmp_path):
     """20k steps (~20 s): the mean lexicon score of sampled responses goes from ~0 to near its maximum 1."""
     tokenizer = toy.toy_tokenizer(["the", "food", "was", "good", "bad", "."])
     env = gym.make(
@@ -80,6 +82,7 @@ def test_sb3_ppo_raises_the_score_on_a_tiny_vocabulary():
     model = PPO(
         "MultiInputPolicy", env, n_steps=256, batch_size=64, n_epochs=4, ent_coef=0.05, seed=0, device="cpu"
     )
+    model.set_logger(configure(str(tmp_path), []))
     before = mean_score(model)
     model.learn(total_timesteps=20_000)
     after = mean_score(model)
