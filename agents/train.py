@@ -149,7 +149,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     overrides = {k: v for k, v in given.items() if k in agent_fields}
     env_overrides = {k: given[k] for k in ENV_OPTIONS if given.get(k) is not None}
 
+    command = ["python", "-m", "agents.train", *(argv if argv is not None else sys.argv[1:])]
+    saved: dict[str, Any] = {}
     if args.resume is not None:
+        if env_overrides or args.seed is not None or args.run_dir is not None:
+            raise SystemExit(
+                "--resume continues a run as it was made: drop --seed, --run-dir and --kl-* options"
+            )
         run_dir = args.resume
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         name = saved["agent"]
@@ -178,8 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "agent": name,
         "seed": seed,
         "timesteps": timesteps,
-        "config": {k: v for k, v in vars(agent.config).items()},
-        "command": ["python", "-m", "agents.train", *(argv if argv is not None else sys.argv[1:])],
+        "config": dict(vars(agent.config)),
+        "command": saved["command"] if args.resume is not None else command,
+        "resumed_with": [*saved.get("resumed_with", []), command] if args.resume is not None else [],
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
 

@@ -31,7 +31,11 @@ def test_training_command_end_to_end_and_resume(tmp_path, capsys):
 
     with pytest.raises(SystemExit, match="--resume"):
         main(["--timesteps", "150", "--run-dir", str(run), *TINY])
+    with pytest.raises(SystemExit, match="as it was made"):
+        main(["--resume", str(run), "--kl-target", "3", *TINY])
     main(["--resume", str(run), "--timesteps", "300", *TINY])
+    config = json.loads((run / "config.json").read_text())
+    assert config["seed"] == 3 and config["timesteps"] == 300 and "--resume" in config["resumed_with"][0]
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert resumed[: len(rows)] == rows and len(resumed) > len(rows)
     assert resumed[-1]["charts/timesteps"] >= 300
