@@ -32,12 +32,7 @@ from agents.train import agent_classes
 
 BAR = {"positive_rate": 0.9, "grammatical_rate": 0.9, "kl": 10.0, "seconds": 15 * 60}
 COLUMNS = (
-    ("rm_score", "RM score", "{:+.2f}"),
-    ("gold_sentiment", "gold sentiment", "{:+.2f}"),
-    ("positive_rate", "positive", "{:.1%}"),
-    ("grammatical_rate", "grammatical", "{:.1%}"),
-    ("kl", "KL (nats)", "{:.2f}"),
-    ("distinct_2", "distinct-2", "{:.3f}"),
+    *(column for column in evaluation.SUMMARY_COLUMNS if column[0] != "mean_words"),
     ("train_seconds", "wall time (s)", "{:.0f}"),
 )
 

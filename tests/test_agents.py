@@ -30,22 +30,12 @@ TIMING = ("charts/rollout_seconds", "charts/update_seconds", "charts/tokens_per_
 
 
 @pytest.fixture
-def make_agent_env(tokenizer, reference):
-    """A fresh vector env with its own policy (training changes the policy in place)."""
+def make_agent_env(env_kwargs, tokenizer):
+    """A fresh vector env with its own policy (training changes the policy in place), adaptive beta."""
 
     def make(num_envs: int = 8, **overrides: Any) -> gym.vector.VectorEnv:
-        kwargs = dict(
-            policy=toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5),
-            reference=reference,
-            tokenizer=tokenizer,
-            reward_model=toy.lexicon_reward,
-            prompts=toy.PROMPTS,
-            max_new_tokens=6,
-            max_prompt_tokens=6,
-            kl_coef=0.2,
-            kl_target=6.0,
-            kl_horizon=100,
-        )
+        fresh = toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5)
+        kwargs = env_kwargs | {"policy": fresh, "kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 100}
         return gym.make_vec(
             "TextRLHF-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", **(kwargs | overrides)
         )
