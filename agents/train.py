@@ -75,25 +75,27 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--kl-horizon", type=float, help="adaptive-beta horizon in episodes (10000)")
     env.add_argument("--kl-estimator", choices=("k1", "k2", "k3"), help="per-token KL estimator (k1)")
     env.add_argument("--kl-placement", choices=("terminal", "per_token"), help="where the KL is paid")
-    seen: dict[str, str] = {}
-    classes = agent_classes()
     group = parser.add_argument_group("agent settings (each applies to the agents that have it)")
-    for name, cls in classes.items():
+    defaults: dict[str, dict[str, Any]] = {}  # field -> {agent: default}
+    helps: dict[str, str] = {}
+    for name, cls in agent_classes().items():
         for f in fields(cls.Config):
-            if f.name in ("env_kwargs",) or f.name in seen:
-                seen.setdefault(f.name, name)
-                continue
-            seen[f.name] = name
-            default = f.default if f.default is not MISSING else None
-            owners = [n for n, c in classes.items() if f.name in {g.name for g in fields(c.Config)}]
-            who = "" if len(owners) == len(classes) else f" [{', '.join(owners)}]"
-            group.add_argument(
-                "--" + f.name.replace("_", "-"),
-                dest=f.name,
-                type=_parse_value,
-                default=argparse.SUPPRESS,
-                help=f"{f.metadata.get('help', '')} (default {default!r}){who}",
-            )
+            if f.name != "env_kwargs":
+                defaults.setdefault(f.name, {})[name] = f.default if f.default is not MISSING else None
+                helps.setdefault(f.name, f.metadata.get("help", ""))
+    for field_name, by_agent in defaults.items():
+        if len(set(map(repr, by_agent.values()))) == 1:
+            default = f"default {next(iter(by_agent.values()))!r}"
+        else:
+            default = "default " + ", ".join(f"{v!r} for {a}" for a, v in by_agent.items())
+        who = "" if len(by_agent) == len(AGENT_NAMES) else f" [{', '.join(by_agent)}]"
+        group.add_argument(
+            "--" + field_name.replace("_", "-"),
+            dest=field_name,
+            type=_parse_value,
+            default=argparse.SUPPRESS,
+            help=f"{helps[field_name]} ({default}){who}",
+        )
     return parser
 
 
@@ -147,6 +149,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     classes = agent_classes()
     agent_fields = {f.name for cls in classes.values() for f in fields(cls.Config)}
     overrides = {k: v for k, v in given.items() if k in agent_fields}
+    chosen = args.agent
+    if args.resume is not None:
+        chosen = json.loads((args.resume / "config.json").read_text(encoding="utf-8"))["agent"]
+    own = {f.name for f in fields(classes[chosen or "ppo"].Config)}
+    stray = sorted(set(overrides) - own)
+    if stray:
+        flags = ", ".join("--" + k.replace("_", "-") for k in stray)
+        raise SystemExit(f"{flags} does not apply to {chosen or 'ppo'}; see --help for each agent's settings")
     env_overrides = {k: given[k] for k in ENV_OPTIONS if given.get(k) is not None}
 
     command = ["python", "-m", "agents.train", *(argv if argv is not None else sys.argv[1:])]
@@ -256,5 +266,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Entry point of the ``textenv-train`` script (``main`` returns the summary; a script must not)."""
     main()
+
+
+if __name__ == "__main__":
+    cli()
