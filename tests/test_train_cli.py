@@ -44,7 +44,7 @@ def test_training_command_end_to_end_and_resume(tmp_path, capsys):
 
 
 def test_parser_offers_every_agent_setting():
-    text = build_parser().format_help()
+    text = " ".join(build_parser().format_help().split())
     for flag in (
         "--learning-rate",
         "--clip-range",
@@ -54,3 +54,10 @@ def test_parser_offers_every_agent_setting():
         "--kl-target",
     ):
         assert flag in text
+    assert "0.0001 for ppo, 0.0005 for reinforce" in text  # defaults that differ between agents
+
+
+def test_a_setting_of_another_agent_is_refused(tmp_path):
+    with pytest.raises(SystemExit, match="--epsilon does not apply to ppo"):
+        main(["--epsilon", "0.1", "--run-dir", str(tmp_path / "run"), *TINY])
+    assert not (tmp_path / "run").exists()
