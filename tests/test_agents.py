@@ -69,9 +69,10 @@ def test_one_update_changes_every_trainable_parameter(name, make_agent_env):
         assert agent.model.value_head is None  # REINFORCE learns no value function
 
 
-def test_rollout_matches_a_teacher_forced_pass(make_agent_env):
+@pytest.mark.parametrize("critic", ["shared", "separate"])
+def test_rollout_matches_a_teacher_forced_pass(make_agent_env, critic):
     """The env's log-probs and the sampler's values agree with one teacher-forced pass of the model."""
-    agent = train(PPO(make_agent_env(), seed=0), 2)  # a trained, nonzero value head
+    agent = train(PPO(make_agent_env(), seed=0, critic=critic), 2)  # a trained, nonzero value head
     rollout = agent.collect_rollout()
     mask = rollout.response_mask.bool()
     assert rollout.num_episodes == 8 and mask.any(-1).all()
@@ -208,3 +209,29 @@ def test_epsilon_schedule(make_agent_env):
     agent.num_timesteps = 1000
     assert agent.epsilon() == pytest.approx(0.1)
     assert EpsilonGreedyPPO(make_agent_env(), epsilon=0.3).epsilon() == 0.3
+
+
+def test_reference_top_k_exploration_records_u_of_each_token(make_agent_env):
+    """U(a_t) is 1/k exactly when a_t is among the reference's k most likely next tokens."""
+    k = 3
+    agent = EpsilonGreedyPPO(
+        make_agent_env(), seed=0, epsilon=0.5, exploration="reference_top_k", exploration_top_k=k
+    )
+    rollout = agent.collect_rollout()
+    mask = rollout.response_mask.bool()
+    assert rollout.explore_probs is not None
+    reference = agent.env.unwrapped.reference
+    P = agent.constants["prompt_width"]
+    ids, attention = rollout.input_ids, rollout.attention_mask
+    with torch.no_grad():
+        logits = reference(
+            input_ids=ids, attention_mask=attention, position_ids=(attention.cumsum(-1) - 1).clamp(min=0)
+        ).logits[:, P - 1 : -1]  # (B, T, V): the distributions the tokens were drawn from
+    top = logits.topk(k, dim=-1).indices  # (B, T, k)
+    in_top = (top == rollout.response_ids[..., None]).any(-1)
+    expected = torch.where(in_top, 1.0 / k, 0.0)
+    torch.testing.assert_close(rollout.explore_probs[mask], expected[mask])
+    assert in_top[mask].any() and (~in_top[mask]).any()  # both cases occur
+    # and the stored behaviour log-prob is log((1 - eps) pi + eps U)
+    expected_mu = torch.log(0.5 * rollout.logprobs.exp() + 0.5 * expected)
+    torch.testing.assert_close(agent.old_logprobs(rollout)[mask], expected_mu[mask], rtol=1e-5, atol=1e-5)
