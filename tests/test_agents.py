@@ -235,3 +235,18 @@ def test_reference_top_k_exploration_records_u_of_each_token(make_agent_env):
     # and the stored behaviour log-prob is log((1 - eps) pi + eps U)
     expected_mu = torch.log(0.5 * rollout.logprobs.exp() + 0.5 * expected)
     torch.testing.assert_close(agent.old_logprobs(rollout)[mask], expected_mu[mask], rtol=1e-5, atol=1e-5)
+
+
+def test_ppo_trains_with_per_token_kl(make_agent_env):
+    """With kl_placement="per_token" every step pays -beta * k_t; the rollout keeps them all."""
+    agent = PPO(make_agent_env(kl_placement="per_token", kl_target=None), seed=0)
+    rollout = agent.collect_rollout()
+    mask = rollout.response_mask.bool()
+    before_last = mask.clone()
+    before_last[torch.arange(len(mask)), rollout.lengths.long() - 1] = False
+    assert rollout.rewards[before_last].ne(0).any()  # KL paid on the way, not only at the end
+    torch.testing.assert_close(
+        rollout.rewards.sum(-1), rollout.scores - 0.2 * rollout.kl, rtol=1e-4, atol=1e-4
+    )
+    metrics = agent.update(rollout)
+    assert all(math.isfinite(v) for v in metrics.values())
