@@ -215,8 +215,10 @@ class Agent:
         """The next token for an observation of ``TextRLHF-v0`` (one, or a batch with a leading axis).
 
         Samples at the env's temperature (with this agent's ``top_k``/``top_p``), or takes the most likely
-        token with ``deterministic=True``. Returns ``(actions, None)`` as SB3 does; ``state`` and
-        ``episode_start`` are accepted for compatibility and ignored.
+        token with ``deterministic=True``. Each call runs the policy over the whole observation (no cache,
+        as SB3's stateless ``predict``); to write whole responses quickly use ``agents.rollout.collect``.
+        Returns ``(actions, None)`` as SB3 does; ``state`` and ``episode_start`` are accepted for
+        compatibility and ignored.
         """
         ids = torch.as_tensor(np.asarray(observation["input_ids"]), dtype=torch.long)
         mask = torch.as_tensor(np.asarray(observation["attention_mask"]), dtype=torch.long)

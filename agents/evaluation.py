@@ -67,21 +67,16 @@ def evaluate(
         responses += rollout.responses
         scores += rollout.scores.tolist()
         kls += rollout.kl.tolist()
-    gold = reviews.evaluate(prompts, responses)
-    summary = {"rm_score": float(np.mean(scores)), "kl": float(np.mean(kls)), **gold}
-    rows = []
-    for p, y, s, k in zip(prompts, responses, scores, kls, strict=True):
-        g = reviews.gold_score(p, y)
-        rows.append(
-            {
-                "prompt": p,
-                "response": y,
-                "score": s,
-                "kl": k,
-                "gold": g.sentiment,
-                "grammatical": g.grammatical,
-            }
-        )
+    golds = [reviews.gold_score(p, y) for p, y in zip(prompts, responses, strict=True)]  # parsed once
+    summary = {
+        "rm_score": float(np.mean(scores)),
+        "kl": float(np.mean(kls)),
+        **reviews.summarize(golds, responses),
+    }
+    rows = [
+        {"prompt": p, "response": y, "score": s, "kl": k, "gold": g.sentiment, "grammatical": g.grammatical}
+        for p, y, s, k, g in zip(prompts, responses, scores, kls, golds, strict=True)
+    ]
     return summary, rows
 
 

@@ -101,12 +101,9 @@ def bare_rollout(
         logprobs = response_logprobs(policy, full_ids, full_mask, P, 1.0)
         ref_logprobs = response_logprobs(reference, full_ids, full_mask, P, 1.0)
         kl = (k1(logprobs, ref_logprobs) * response_mask).sum(-1)
+        # skip_special_tokens drops the EOS that ended a response, as the env does
         texts = tokenizer.batch_decode(
-            [
-                tokens[i, : int(lengths[i]) - int(tokens[i, int(lengths[i]) - 1] == eos)].tolist()
-                for i in range(n)
-            ],
-            skip_special_tokens=True,
+            [tokens[i, : int(lengths[i])].tolist() for i in range(n)], skip_special_tokens=True
         )
         scores = torch.as_tensor(compute_scores(reward, prompts, texts))
     return {"scores": scores, "kl": kl, "values": values, "lengths": lengths}

@@ -24,6 +24,7 @@ from textenv.tasks.reviews.gold import (
     gold_score,
     gold_sentiment,
     is_grammatical,
+    summarize,
 )
 from textenv.tasks.reviews.grammar import default_prompts, parse, sample_corpus, sample_review
 
@@ -110,5 +111,6 @@ __all__ = [
     "parse",
     "sample_corpus",
     "sample_review",
+    "summarize",
     "verify_assets",
 ]

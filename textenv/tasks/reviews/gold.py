@@ -81,9 +81,15 @@ def evaluate(prompts: Sequence[str], responses: Sequence[str]) -> dict[str, floa
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return summarize([gold_score(p, r) for p, r in zip(prompts, responses, strict=True)], responses)
+
+
+def summarize(scores: Sequence[GoldScore], responses: Sequence[str]) -> dict[str, float]:
+    """What :func:`evaluate` returns, from gold scores already computed (one per response)."""
+    if len(scores) != len(responses):
+        raise ValueError(f"{len(scores)} gold scores but {len(responses)} responses")
     if not responses:
         raise ValueError("evaluate needs at least one response")
-    scores = [gold_score(p, r) for p, r in zip(prompts, responses, strict=True)]
     return {
         "gold_sentiment": float(np.mean([s.sentiment for s in scores])),
         "positive_rate": float(np.mean([s.positive for s in scores])),
