@@ -100,9 +100,9 @@ def test_shipped_reward_model_agrees_with_gold():
     u2 = np.array([reviews.gold_score(p, r).utility for p, r in zip(prompts, second, strict=True)])
     differ = u1 != u2
     accuracy = ((s1 > s2) == (u1 > u2))[differ].mean()
-    assert accuracy > 0.8  # the build's 4,000 held-out pairs give 0.88 (the target of 0.9 is not met)
+    assert accuracy > 0.85  # the build's 15,000 held-out pairs give 0.93 (the target: 0.9)
     quality = reviews.load_manifest()["quality"]["reward_model"]
-    assert quality["heldout_accuracy_vs_gold"] > 0.85 and quality["spearman_vs_gold_sentiment"] > 0.9
+    assert quality["heldout_accuracy_vs_gold"] >= 0.9 and quality["spearman_vs_gold_sentiment"] > 0.9
 
 
 def test_helpers():
@@ -118,8 +118,14 @@ def test_tiny_rebuild_runs_end_to_end(tmp_path):
     manifest = build(out, work, BuildConfig.tiny())
     assert reviews.verify_assets(out) == manifest
     assert (work / "preferences.jsonl").is_file() and (work / "report.json").is_file()
-    for line in (work / "preferences.jsonl").read_text().splitlines():
-        assert set(json.loads(line)) == {"prompt", "chosen", "rejected"}
+    records = [json.loads(line) for line in (work / "preferences.jsonl").read_text().splitlines()]
+    assert all(set(r) == {"prompt", "chosen", "rejected", "group"} for r in records)
+    assert len(records) == 30 * 6  # 30 groups of 4 responses, every pair of them
+    for group in {r["group"] for r in records}:  # each group: one prompt, 4 responses, 6 distinct pairs
+        members = [r for r in records if r["group"] == group]
+        assert len({r["prompt"] for r in members}) == 1
+        assert len({(r["chosen"], r["rejected"]) for r in members}) <= 6 and len(members) == 6
+        assert len({r["chosen"] for r in members} | {r["rejected"] for r in members}) <= 4
     quality = manifest["quality"]
     assert 0.0 <= quality["reference"]["grammatical_rate"] <= 1.0
     assert set(quality["reward_model"]) >= {"heldout_accuracy_vs_gold", "spearman_vs_gold_sentiment"}
@@ -152,4 +158,5 @@ def test_default_vector_env_scores_a_batch():
     eos = envs.unwrapped.engine.eos_token_id
     _, rewards, terminated, _, info = envs.step(np.full(3, eos))
     assert terminated.all() and np.isfinite(rewards).all()
-    assert len(info["score"]) == 3 and np.all(info["kl"] == 0.0)  # the policy is still the reference
+    # the policy is still the reference: KL 0 up to float error (its log-probs come from a KV-cached pass)
+    assert len(info["score"]) == 3 and np.allclose(info["kl"], 0.0, atol=1e-5)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from transformers import AutoModelForSequenceClassification
 
 from textenv import toy
 from textenv.reward_training import (
@@ -118,3 +119,69 @@ def test_command_line_trains_and_saves_a_loadable_reward_model(tmp_path, base_di
     assert metrics["config"]["batch_size"] == 16
     reward = ClassifierReward(out)  # by path, with the tokenizer saved beside it
     assert len(reward.score(["the food", "the food"], [" good", " bad"])) == 2
+
+
+def _grouped_pairs(groups, k, seed):
+    """K responses per group and all K(K-1)/2 pairs of them, labelled as _synthetic_pairs labels one pair."""
+    rng = np.random.default_rng(seed)
+    words = GOOD + BAD + ["the", "food", "service", "was", "and"]
+
+    def value(text):
+        return sum(w in GOOD for w in text.split()) - sum(w in BAD for w in text.split())
+
+    pairs = []
+    for g in range(groups):
+        responses = [
+            "".join(" " + words[i] for i in rng.integers(len(words), size=int(rng.integers(3, 8))))
+            for _ in range(k)
+        ]
+        for i in range(k):
+            for j in range(i + 1, k):
+                a, b = responses[i], responses[j]
+                first = value(a) > value(b) if value(a) != value(b) else rng.random() < 0.5
+                chosen, rejected = (a, b) if first == (rng.random() < 0.9) else (b, a)
+                pairs.append(PreferencePair("the food", chosen, rejected, group=f"g{g}"))
+    return pairs
+
+
+def test_group_key_round_trips_and_bad_groups_are_named(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    pairs = [PreferencePair("p", " a", " b", group="7"), PreferencePair("p", " c", " d")]
+    save_preference_pairs(pairs, path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["group"] == "7" and "group" not in lines[1]  # plain pairs stay the plain format
+    assert load_preference_pairs(path) == pairs
+    path.write_text('{"prompt": "p", "chosen": " a", "rejected": " b", "group": 3}\n')
+    assert load_preference_pairs(path)[0].group == "3"  # integers are accepted, as strings
+    for bad in ("[1]", "true", "1.5"):
+        record = {"prompt": "p", "chosen": " a", "rejected": " b", "group": json.loads(bad)}
+        path.write_text(json.dumps(record) + "\n")
+        with pytest.raises(PreferenceDataError, match="line 1: 'group' must be a string or an integer"):
+            load_preference_pairs(path)
+
+
+def test_groups_are_held_out_whole_and_each_text_is_read_once(base_dir):
+    pairs = _grouped_pairs(groups=40, k=4, seed=5)  # 6 pairs of 4 distinct texts per group
+    base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=1)
+    rows = []
+    base.register_forward_hook(
+        lambda module, args, kwargs, output: rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    config = RewardTrainingConfig(epochs=1, batch_size=12, eval_fraction=0.1, seed=0)
+    result = train_reward_model(pairs, base, base_dir, config=config)
+    held = {p.group for p in result.eval_pairs}
+    assert len(held) == 4 and len(result.eval_pairs) == 24  # 10% of the groups, each with all its pairs
+    assert result.metrics["train/groups"] == 36 and result.metrics["train/pairs"] == 216
+    assert result.metrics["train/steps"] == 18  # two whole groups (12 pairs) per step
+    training_rows = rows[:18]
+    assert all(n <= 8 for n in training_rows)  # 2 groups x 4 distinct texts, not 2 x 12 pair sides
+    assert max(training_rows) == 8
+
+
+def test_trainer_learns_from_comparison_groups(base_dir):
+    config = RewardTrainingConfig(epochs=2, batch_size=36, learning_rate=3e-3, seed=0)
+    held_out = _synthetic_pairs(300, seed=1)
+    result = train_reward_model(
+        _grouped_pairs(200, k=4, seed=6), base_dir, config=config, eval_pairs=held_out
+    )
+    assert result.metrics["eval/accuracy"] > 0.75

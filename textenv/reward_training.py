@@ -10,6 +10,15 @@ Bradley–Terry loss ``-log σ(s_chosen - s_rejected)``. Any transformers model 
 ``AutoModelForSequenceClassification`` can load with ``num_labels=1`` serves as a base: a causal LM
 checkpoint (its trunk is kept, a scalar head is added) or a classifier.
 
+Comparisons of the same prompt's responses may share a ``"group"`` key (any string or integer): InstructGPT's
+set-up, where a labeller ranks K responses and all K(K-1)/2 pairs are trained on together. The trainer keeps a
+group whole (in one batch, and on one side of the train/eval split), and reads each distinct text of a batch
+once, so K responses give K(K-1)/2 comparisons for the cost of K forward passes::
+
+    {"prompt": "hotel review :", "chosen": " a", "rejected": " b", "group": 17}
+    {"prompt": "hotel review :", "chosen": " a", "rejected": " c", "group": 17}
+    {"prompt": "hotel review :", "chosen": " c", "rejected": " b", "group": 17}
+
 From the command line::
 
     textenv-train-rm pairs.jsonl --base path/or/hub-name --out my-reward-model
@@ -46,11 +55,16 @@ class PreferenceDataError(ValueError):
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One comparison: for ``prompt``, the labeller preferred ``chosen`` over ``rejected``."""
+    """One comparison: for ``prompt``, the labeller preferred ``chosen`` over ``rejected``.
+
+    ``group`` (optional) ties comparisons among the same set of responses together: the trainer batches a
+    group whole and holds it out whole.
+    """
 
     prompt: str
     chosen: str
     rejected: str
+    group: str | None = None
 
 
 def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
@@ -79,7 +93,19 @@ def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
             wrong = [key for key in ("prompt", "chosen", "rejected") if not isinstance(record[key], str)]
             if wrong:
                 raise PreferenceDataError(f"{where}: field(s) {wrong} must be strings")
-            pairs.append(PreferencePair(record["prompt"], record["chosen"], record["rejected"]))
+            group = record.get("group")
+            if group is not None and (isinstance(group, bool) or not isinstance(group, str | int)):
+                raise PreferenceDataError(
+                    f"{where}: 'group' must be a string or an integer, got {type(group).__name__}"
+                )
+            pairs.append(
+                PreferencePair(
+                    record["prompt"],
+                    record["chosen"],
+                    record["rejected"],
+                    None if group is None else str(group),
+                )
+            )
     if not pairs:
         raise PreferenceDataError(f"{os.fspath(path)}: no preference records")
     return pairs
@@ -89,7 +115,10 @@ def save_preference_pairs(pairs: Sequence[PreferencePair], path: str | os.PathLi
     """Write pairs as JSON Lines (the format :func:`load_preference_pairs` reads)."""
     with open(path, "w", encoding="utf-8") as handle:
         for pair in pairs:
-            handle.write(json.dumps(asdict(pair), ensure_ascii=False) + "\n")
+            record = asdict(pair)
+            if record["group"] is None:
+                del record["group"]
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 @dataclass
@@ -99,14 +128,18 @@ class RewardTrainingConfig:
     epochs: float = field(
         default=1.0, metadata={"help": "passes over the training pairs (fractions allowed)"}
     )
-    batch_size: int = field(default=64, metadata={"help": "pairs per optimiser step"})
+    batch_size: int = field(
+        default=64, metadata={"help": "pairs per optimiser step (whole groups: at least this many)"}
+    )
     learning_rate: float = field(default=3e-4, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_fraction: float = field(default=0.05, metadata={"help": "share of steps with linear warm-up"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     eval_fraction: float = field(
         default=0.1,
-        metadata={"help": "share of pairs held out for evaluation (when no eval pairs are given)"},
+        metadata={
+            "help": "share of pairs (of groups, when pairs have one) held out when no eval pairs are given"
+        },
     )
     max_length: int | None = field(default=None, metadata={"help": "truncate texts to this many tokens"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the initial head and the batch order"})
@@ -124,6 +157,21 @@ class RewardTrainingResult:
 
 def _texts(pairs: Sequence[PreferencePair]) -> tuple[list[str], list[str]]:
     return [p.prompt + p.chosen for p in pairs], [p.prompt + p.rejected for p in pairs]
+
+
+def _units(pairs: Sequence[PreferencePair]) -> list[list[int]]:
+    """Indices of ``pairs`` by unit: one unit per group (first appearance first), one per ungrouped pair."""
+    groups: dict[str, list[int]] = {}
+    units: list[list[int]] = []
+    for i, pair in enumerate(pairs):
+        if pair.group is None:
+            units.append([i])
+        elif pair.group in groups:
+            groups[pair.group].append(i)
+        else:
+            groups[pair.group] = [i]
+            units.append(groups[pair.group])
+    return units
 
 
 def _batch(
@@ -203,7 +251,8 @@ def train_reward_model(
     """Fit a scalar reward model to preference pairs with the pairwise loss ``-log σ(s_c - s_r)``.
 
     Args:
-        pairs: the training comparisons, or a JSON Lines file of them.
+        pairs: the training comparisons, or a JSON Lines file of them. Pairs with the same ``group`` are
+            batched together and held out together; each distinct text of a batch is read once.
         base: the model to start from (object, local directory or hub name); a causal LM gets a new
             scalar head, initialised from ``config.seed``.
         tokenizer: the base's tokenizer; by default loaded from where ``base`` came from.
@@ -224,13 +273,15 @@ def train_reward_model(
         raise ValueError("no preference pairs to train on")
     rng = np.random.default_rng(config.seed)
     if eval_pairs is None:
-        order = rng.permutation(len(data))
-        held = round(config.eval_fraction * len(data))
-        eval_pairs = [data[i] for i in order[:held]]
-        data = [data[i] for i in order[held:]]
+        units = _units(data)
+        order = rng.permutation(len(units))
+        held = round(config.eval_fraction * len(units))
+        eval_pairs = [data[i] for u in order[:held] for i in units[u]]
+        data = [data[i] for u in order[held:] for i in units[u]]
         if not data:
             raise ValueError(f"eval_fraction={config.eval_fraction} leaves no training pairs")
     eval_pairs = list(eval_pairs)
+    units = _units(data)
 
     torch.manual_seed(config.seed)  # the new head's initialisation
     model = _load_base(base, trust_remote_code)
@@ -246,7 +297,8 @@ def train_reward_model(
         torch.nn.Module.to(model, device)
     device = model_device(model)
 
-    steps_per_epoch = math.ceil(len(data) / config.batch_size)
+    units_per_step = math.ceil(config.batch_size / (len(data) / len(units)))  # whole units per step
+    steps_per_epoch = math.ceil(len(units) / units_per_step)
     total = max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup = max(1, int(config.warmup_fraction * total))
     optimizer = torch.optim.AdamW(
@@ -268,12 +320,18 @@ def train_reward_model(
     model.train()
     order = np.array([], dtype=np.int64)
     for step in range(total):
-        if order.size < config.batch_size:
-            order = np.concatenate([order, rng.permutation(len(data))])
-        index, order = order[: config.batch_size], order[config.batch_size :]
+        index: list[int] = []
+        while len(index) < config.batch_size:  # whole units (groups, or single pairs) up to the batch size
+            if order.size == 0:
+                order = rng.permutation(len(units))
+            index.extend(units[int(order[0])])
+            order = order[1:]
         chosen, rejected = _texts([data[i] for i in index])
-        batch = _batch(tok, chosen + rejected, pad, config.max_length, device)
-        scores = model(**batch).logits[:, 0]  # (2B,)
+        texts, inverse = np.unique(np.array(chosen + rejected, dtype=object), return_inverse=True)
+        batch = _batch(tok, [str(t) for t in texts], pad, config.max_length, device)
+        scores = model(**batch).logits[:, 0][
+            torch.from_numpy(inverse.reshape(-1))
+        ]  # (2B,), each text read once
         margin = scores[: len(index)] - scores[len(index) :]
         loss = -F.logsigmoid(margin).mean()
         optimizer.zero_grad(set_to_none=True)
@@ -296,6 +354,7 @@ def train_reward_model(
         "train/loss": float(np.mean(losses[-tail:])),
         "train/accuracy": float(np.mean(accuracies[-tail:])),
         "train/pairs": float(len(data)),
+        "train/groups": float(len(units)),
         "train/steps": float(total),
     }
     if eval_pairs:
@@ -324,7 +383,9 @@ def main(argv: list[str] | None = None) -> None:
         description="Train a scalar reward model on pairwise preferences "
         "(JSON Lines of prompt/chosen/rejected).",
     )
-    parser.add_argument("pairs", help="JSON Lines file of {'prompt', 'chosen', 'rejected'} records")
+    parser.add_argument(
+        "pairs", help="JSON Lines file of {'prompt', 'chosen', 'rejected'} records, optionally with 'group'"
+    )
     parser.add_argument("--base", required=True, help="model to start from: local directory or hub name")
     parser.add_argument("--out", required=True, help="directory to save the reward model in")
     parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the base's)")

@@ -6,9 +6,10 @@
 1. **Corpus**: reviews drawn from the grammar (:mod:`~textenv.tasks.reviews.grammar`).
 2. **Tokenizer**: a byte-level BPE trained on the corpus with the ``tokenizers`` library.
 3. **Policy = reference**: a small GPT-2 pretrained on the corpus (next-token loss, AdamW, cosine decay).
-4. **Preferences**: pairs of the policy's own samples for the same prompt (plus a share with one side
-   corrupted: shuffled, truncated, a word dropped, or a salad of positive words), labelled by the simulated
-   labellers of :mod:`~textenv.tasks.reviews.gold`, saved as JSON Lines.
+4. **Preferences**: comparison groups of six of the policy's own samples for the same prompt (in a share
+   of the groups one of them corrupted: shuffled, truncated, a word dropped, or a salad of positive words),
+   every pair of a group labelled by the simulated labellers of :mod:`~textenv.tasks.reviews.gold`, saved
+   as JSON Lines with a ``group`` key.
 5. **Reward model**: the policy's blocks plus two new ones and a scalar head, trained on that file by
    :func:`textenv.reward_training.train_reward_model`, then scaled so that the reference's samples score
    with standard deviation 1.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
+import itertools
 import json
 import math
 import shutil
@@ -78,14 +80,23 @@ class BuildConfig:
     pretrain_steps: int = field(default=4000, metadata={"help": "optimiser steps of pretraining"})
     pretrain_batch_size: int = field(default=64, metadata={"help": "reviews per pretraining step"})
     pretrain_lr: float = field(default=3e-3, metadata={"help": "peak pretraining learning rate"})
-    preference_pairs: int = field(default=40_000, metadata={"help": "labelled comparisons (10% held out)"})
-    corrupted_fraction: float = field(default=0.2, metadata={"help": "share of pairs with a corrupted side"})
+    comparison_groups: int = field(
+        default=10_000, metadata={"help": "prompt draws with several responses to compare (10% held out)"}
+    )
+    responses_per_group: int = field(
+        default=6, metadata={"help": "policy samples per group; every pair of them is labelled"}
+    )
+    corrupted_fraction: float = field(
+        default=0.3, metadata={"help": "share of groups with one response corrupted"}
+    )
     labeller_temperature: float = field(
         default=LABELLER_TEMPERATURE, metadata={"help": "Bradley-Terry temperature of the labellers"}
     )
-    rm_epochs: float = field(default=2.0, metadata={"help": "reward-model passes over the pairs"})
-    rm_batch_size: int = field(default=64, metadata={"help": "pairs per reward-model step"})
-    rm_lr: float = field(default=2e-3, metadata={"help": "peak reward-model learning rate"})
+    rm_epochs: float = field(default=3.0, metadata={"help": "reward-model passes over the pairs"})
+    rm_batch_size: int = field(
+        default=165, metadata={"help": "pairs per reward-model step (11 groups of 6 responses)"}
+    )
+    rm_lr: float = field(default=1e-3, metadata={"help": "peak reward-model learning rate"})
     rm_extra_layers: int = field(
         default=2, metadata={"help": "blocks the reward model adds on the policy's (identity at start)"}
     )
@@ -105,7 +116,8 @@ class BuildConfig:
             n_head=2,
             pretrain_steps=20,
             pretrain_batch_size=16,
-            preference_pairs=120,
+            comparison_groups=30,
+            responses_per_group=4,
             rm_epochs=1.0,
             rm_batch_size=16,
             eval_samples=64,
@@ -220,20 +232,30 @@ def make_preferences(
     prompts: list[str],
     config: BuildConfig,
 ) -> list[PreferencePair]:
-    """Pairs of the policy's samples (temperature 1) for one prompt each, labelled by simulated labellers."""
+    """Comparison groups as InstructGPT collects them: for each of ``config.comparison_groups`` draws of a
+    prompt, ``config.responses_per_group`` samples of the policy (temperature 1), one of them replaced by a
+    corrupted copy in ``config.corrupted_fraction`` of the groups, and every pair of them labelled by the
+    simulated labellers (each pair on its own, with the labellers' noise). Pairs carry their group's index.
+    """
+    k = config.responses_per_group
+    if k < 2:
+        raise ValueError(f"responses_per_group must be at least 2, got {k}")
     rng = np.random.default_rng(config.seed + 1)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    chosen_prompts = [prompts[int(i)] for i in rng.integers(len(prompts), size=config.preference_pairs)]
+    draws = [prompts[int(i)] for i in rng.integers(len(prompts), size=config.comparison_groups)]
     samples = sample_responses(
-        policy, tokenizer, chosen_prompts * 2, max_new_tokens=config.max_new_tokens, generator=generator
+        policy, tokenizer, draws * k, max_new_tokens=config.max_new_tokens, generator=generator
     )
-    first, second = samples[: len(chosen_prompts)], samples[len(chosen_prompts) :]
     pairs = []
-    for prompt, a, b in zip(chosen_prompts, first, second, strict=True):
+    for g, prompt in enumerate(draws):
+        responses = samples[g :: len(draws)]
         if rng.random() < config.corrupted_fraction:
-            b = corrupt(rng, b)
-        chosen, rejected = prefer(rng, prompt, a, b, temperature=config.labeller_temperature)
-        pairs.append(PreferencePair(prompt, chosen, rejected))
+            responses[-1] = corrupt(rng, responses[-1])
+        for i, j in itertools.combinations(range(k), 2):
+            chosen, rejected = prefer(
+                rng, prompt, responses[i], responses[j], temperature=config.labeller_temperature
+            )
+            pairs.append(PreferencePair(prompt, chosen, rejected, group=str(g)))
     return pairs
 
 
@@ -381,6 +403,7 @@ def build(
         "reference": {k: round(v, 4) for k, v in reference_quality.items()},
         "reward_model": {
             "heldout_pairs": len(held),
+            "heldout_groups": len({p.group for p in held}),
             "heldout_accuracy_vs_labels": fig(float(np.mean(s1 > s2))),
             "heldout_accuracy_vs_gold": fig(gold_accuracy(s1, s2, u1, u2)),
             "heldout_accuracy_vs_gold_both_grammatical": fig(
