@@ -115,7 +115,7 @@ def test_helpers():
 
 def test_tiny_rebuild_runs_end_to_end(tmp_path):
     out, work = tmp_path / "assets", tmp_path / "work"
-    manifest = build(out, work, BuildConfig.tiny())
+    manifest = build(out, work, BuildConfig().tiny())
     assert reviews.verify_assets(out) == manifest
     assert (work / "preferences.jsonl").is_file() and (work / "report.json").is_file()
     records = [json.loads(line) for line in (work / "preferences.jsonl").read_text().splitlines()]
@@ -130,7 +130,7 @@ def test_tiny_rebuild_runs_end_to_end(tmp_path):
     assert 0.0 <= quality["reference"]["grammatical_rate"] <= 1.0
     assert set(quality["reward_model"]) >= {"heldout_accuracy_vs_gold", "spearman_vs_gold_sentiment"}
     # same seed, same machine: the same files
-    again = build(tmp_path / "again", tmp_path / "work2", BuildConfig.tiny())
+    again = build(tmp_path / "again", tmp_path / "work2", BuildConfig().tiny())
     assert again["files"] == manifest["files"]
     # the rebuilt assets make an environment
     env = gym.make("TextRLHF-v0", **reviews.env_kwargs(out))

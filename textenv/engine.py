@@ -32,19 +32,6 @@ from textenv.prompts import Prompt, PromptSource, PromptSpec
 from textenv.rewards import RewardModel, as_reward_model, compute_scores
 from textenv.scoring import IncrementalLogprobs, response_logprobs
 
-
-class _DefaultTask:
-    """Marker for "use the embedded default task" (the constructors' default ``policy``)."""
-
-    def __repr__(self) -> str:
-        return "DEFAULT_TASK"
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> _DefaultTask:
-        return self
-
-
-DEFAULT_TASK: Any = _DefaultTask()
-
 KLPlacement = Literal["terminal", "per_token"]
 REWARD_FORM = "score - kl_coef * kl"
 POLICY_FREE_REWARD_FORM = "score + kl_coef * sum(ref_logprobs)"
@@ -80,13 +67,17 @@ def _is_model_spec(spec: Any) -> bool:
 
 
 class RLHFEngine:
-    """State and scoring of ``num_slots`` token-generation episodes; see ``TextRLHFEnv`` for arguments."""
+    """State and scoring of ``num_slots`` token-generation episodes; see ``TextRLHFEnv`` for arguments.
+
+    The engine knows no task: the env classes fill in a task's models and prompts
+    (:func:`textenv.tasks.fill_env_arguments`) before they build it.
+    """
 
     def __init__(
         self,
         num_slots: int = 1,
         *,
-        policy: Any = DEFAULT_TASK,
+        policy: Any,
         reference: Any = None,
         tokenizer: Any = None,
         reward_model: Any = None,
@@ -110,17 +101,6 @@ class RLHFEngine:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if kl_placement not in ("terminal", "per_token"):
             raise ValueError(f"kl_placement must be 'terminal' or 'per_token', got {kl_placement!r}")
-        if policy is DEFAULT_TASK:
-            # the embedded review task fills in whatever the caller left out
-            from textenv.tasks import reviews
-
-            task = reviews.env_kwargs()
-            policy = task["policy"]
-            tokenizer = task["tokenizer"] if tokenizer is None else tokenizer
-            reward_model = task["reward_model"] if reward_model is None else reward_model
-            prompts = task["prompts"] if prompts is None else prompts
-            max_new_tokens = task["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-            max_prompt_tokens = task["max_prompt_tokens"] if max_prompt_tokens is None else max_prompt_tokens
         max_new_tokens = 32 if max_new_tokens is None else max_new_tokens
         max_prompt_tokens = 64 if max_prompt_tokens is None else max_prompt_tokens
         if max_new_tokens < 1 or max_prompt_tokens < 1:

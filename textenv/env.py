@@ -9,8 +9,9 @@ import numpy as np
 import torch
 from gymnasium.error import ResetNeeded
 
-from textenv.engine import DEFAULT_TASK, KLPlacement, RLHFEngine, slot_info
+from textenv.engine import KLPlacement, RLHFEngine, slot_info
 from textenv.prompts import PromptSpec
+from textenv.tasks import UNSET, fill_env_arguments
 
 
 class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -90,16 +91,21 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     ```python
     gymnasium.make("TextRLHF-v0")  # the embedded default task (reviews), offline, in about a second
+    gymnasium.make("TextRLHF-v0", task="sorting")  # a task of the suite: textenv.tasks.names()
     gymnasium.make("TextRLHF-v0", policy=..., reference=None, tokenizer=None, reward_model=...,
                    prompts=[...], max_new_tokens=32, max_prompt_tokens=64, temperature=1.0,
                    kl_coef=0.2, kl_estimator="k1", kl_placement="terminal", kl_target=None,
-                   kl_horizon=10000, device=None, render_mode=None)
+                   kl_horizon=10000, device=None, render_mode=None, task=None)
     ```
 
-    Left out, ``policy`` means the embedded default task (``textenv.tasks.reviews``): its policy, tokenizer,
-    reward model, prompts, ``max_new_tokens=24`` and ``max_prompt_tokens=16`` fill in every argument not
-    given (so ``reward_model=`` alone swaps the reward on the default task).
-
+    * ``task``: a name from ``textenv.tasks.names()`` (``"reviews"``, ``"verbosity"``, ``"sorting"``,
+      ``"treasure"``, ``"requests"``, or one you registered). The task's policy, tokenizer, reward (its
+      reward model, or a scoring function for verifiable tasks), prompts and lengths fill in every
+      argument not given. Left out, with no ``policy`` either, it is the embedded default task
+      (``"reviews"``: ``max_new_tokens=24``, ``max_prompt_tokens=16``), so ``reward_model=`` alone swaps
+      the reward on the default task. With your own ``policy`` the task's tokenizer is not used; with
+      ``policy=None`` the task's policy is the reference. An unknown name raises ``ValueError`` listing
+      the tasks. ``env.unwrapped.task`` tells which task an env plays (``None`` for none).
     * ``policy``: the causal LM being trained (object, local directory or hub name), or ``None``.
     * ``reference``: the frozen reference (same forms); default: a frozen copy of the initial policy.
     * ``tokenizer``: the policy's tokenizer (object, directory or hub name); default: from the policy's path.
@@ -109,8 +115,8 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
       several labels) or a ``text-classification`` pipeline. See ``textenv.rewards``.
     * ``prompts``: a list of strings or a callable ``(np_random) -> str``.
     * ``max_new_tokens``, ``max_prompt_tokens``: the response limit and the prompt width (32 and 64 unless
-      the default task sets them). A longer prompt
-      raises ``ValueError`` unless ``truncate_prompts=True`` (keep its last tokens; flagged in ``info``).
+      a task sets them). A longer prompt raises ``ValueError`` unless ``truncate_prompts=True`` (keep its
+      last tokens; flagged in ``info``).
     * ``temperature``: of the sampling distribution whose log-probs enter the KL.
     * ``kl_coef``, ``kl_estimator``, ``kl_placement``, ``kl_target``, ``kl_horizon``: beta and the KL term.
     * ``device``: where the models run (default: the policy's device, else CPU).
@@ -126,7 +132,7 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     def __init__(
         self,
-        policy: Any = DEFAULT_TASK,
+        policy: Any = UNSET,
         reference: Any = None,
         tokenizer: Any = None,
         reward_model: Any = None,
@@ -144,19 +150,32 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
         truncate_prompts: bool = False,
         reward_label: str | int | None = None,
         trust_remote_code: bool = False,
+        task: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
         self.render_mode = render_mode
+        self.task, given = fill_env_arguments(
+            task,
+            {
+                "policy": policy,
+                "reference": reference,
+                "tokenizer": tokenizer,
+                "reward_model": reward_model,
+                "prompts": prompts,
+                "max_new_tokens": max_new_tokens,
+                "max_prompt_tokens": max_prompt_tokens,
+            },
+        )
         self.engine = RLHFEngine(
             1,
-            policy=policy,
-            reference=reference,
-            tokenizer=tokenizer,
-            reward_model=reward_model,
-            prompts=prompts,
-            max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens,
+            policy=given["policy"],
+            reference=given["reference"],
+            tokenizer=given["tokenizer"],
+            reward_model=given["reward_model"],
+            prompts=given["prompts"],
+            max_new_tokens=given["max_new_tokens"],
+            max_prompt_tokens=given["max_prompt_tokens"],
             temperature=temperature,
             kl_coef=kl_coef,
             kl_estimator=kl_estimator,

@@ -12,8 +12,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.engine import DEFAULT_TASK, KLPlacement, RLHFEngine, slot_info
+from textenv.engine import KLPlacement, RLHFEngine, slot_info
 from textenv.prompts import Prompt, PromptSpec
+from textenv.tasks import UNSET, fill_env_arguments
 
 
 def merge_infos(per_slot: Sequence[tuple[int, dict[str, Any]]], num_envs: int) -> dict[str, Any]:
@@ -68,7 +69,7 @@ class TextRLHFVectorEnv(VectorEnv):
     def __init__(
         self,
         num_envs: int = 1,
-        policy: Any = DEFAULT_TASK,
+        policy: Any = UNSET,
         reference: Any = None,
         tokenizer: Any = None,
         reward_model: Any = None,
@@ -86,19 +87,32 @@ class TextRLHFVectorEnv(VectorEnv):
         truncate_prompts: bool = False,
         reward_label: str | int | None = None,
         trust_remote_code: bool = False,
+        task: str | None = None,
     ):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
         self.render_mode = render_mode
+        self.task, given = fill_env_arguments(
+            task,
+            {
+                "policy": policy,
+                "reference": reference,
+                "tokenizer": tokenizer,
+                "reward_model": reward_model,
+                "prompts": prompts,
+                "max_new_tokens": max_new_tokens,
+                "max_prompt_tokens": max_prompt_tokens,
+            },
+        )
         self.engine = RLHFEngine(
             num_envs,
-            policy=policy,
-            reference=reference,
-            tokenizer=tokenizer,
-            reward_model=reward_model,
-            prompts=prompts,
-            max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens,
+            policy=given["policy"],
+            reference=given["reference"],
+            tokenizer=given["tokenizer"],
+            reward_model=given["reward_model"],
+            prompts=given["prompts"],
+            max_new_tokens=given["max_new_tokens"],
+            max_prompt_tokens=given["max_prompt_tokens"],
             temperature=temperature,
             kl_coef=kl_coef,
             kl_estimator=kl_estimator,

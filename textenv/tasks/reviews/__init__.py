@@ -11,11 +11,12 @@ Rebuild the assets with ``python -m textenv.tasks.reviews.build``.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+from textenv.tasks import base
+from textenv.tasks.base import MANIFEST, POLICY_DIR, PROMPTS_FILE, REWARD_MODEL_DIR, AssetError, Task
 from textenv.tasks.reviews.gold import (
     GoldScore,
     distinct_n,
@@ -23,33 +24,44 @@ from textenv.tasks.reviews.gold import (
     gold_reward,
     gold_score,
     gold_sentiment,
+    gold_utilities,
     is_grammatical,
     summarize,
 )
 from textenv.tasks.reviews.grammar import default_prompts, parse, sample_corpus, sample_review
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-POLICY_DIR = "policy"
-REWARD_MODEL_DIR = "reward_model"
-PROMPTS_FILE = "prompts.json"
-MANIFEST = "manifest.json"
+REBUILD = "python -m textenv.tasks.reviews.build"
 
 #: Environment settings of the default task (the constructors' defaults when no policy is given).
 ENV_DEFAULTS: dict[str, Any] = {"max_new_tokens": 24, "max_prompt_tokens": 16}
 
-
-class AssetError(RuntimeError):
-    """The shipped files are missing or do not match their manifest."""
+TASK = Task(
+    name="reviews",
+    summary="write a review of a restaurant, hotel or product; a reward model learned from preferences "
+    "scores it, gold is its sentiment",
+    stresses="RLHF as usual: a learned proxy of a simple goal (the embedded default task)",
+    assets=ASSETS,
+    gold=gold_utilities,
+    evaluate=evaluate,
+    gold_range=(-1.0, 1.0),
+    success="a grammatical review whose gold sentiment is > 0",
+    reward="reward_model",
+    env_defaults=ENV_DEFAULTS,
+    budget=150_000,
+    columns=(
+        ("gold_sentiment", "gold sentiment", "{:+.3f}"),
+        ("grammatical_rate", "grammatical", "{:.1%}"),
+        ("distinct_2", "distinct-2", "{:.3f}"),
+        ("mean_words", "words", "{:.1f}"),
+    ),
+    build_module="textenv.tasks.reviews.build",
+)
 
 
 def load_manifest(assets: Path = ASSETS) -> dict[str, Any]:
-    path = Path(assets) / MANIFEST
-    if not path.is_file():
-        raise AssetError(
-            f"no manifest at {path}: the default task's assets are missing; rebuild them with "
-            "`python -m textenv.tasks.reviews.build`"
-        )
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    """The manifest of the default task's assets (or of a rebuild in ``assets``)."""
+    return base.load_manifest(assets, REBUILD)
 
 
 def verify_assets(assets: Path = ASSETS) -> dict[str, Any]:
@@ -58,44 +70,33 @@ def verify_assets(assets: Path = ASSETS) -> dict[str, Any]:
     Raises:
         AssetError: naming the first missing or changed file.
     """
-    manifest = load_manifest(assets)
-    for name, entry in manifest["files"].items():
-        path = Path(assets) / name
-        if not path.is_file():
-            raise AssetError(f"{name} is listed in the manifest but missing from {assets}")
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest != entry["sha256"]:
-            raise AssetError(
-                f"{name} does not match the manifest (sha256 {digest[:12]}... != "
-                f"{entry['sha256'][:12]}...); rebuild or reinstall the package"
-            )
-    return manifest
+    return base.verify_assets(assets, REBUILD)
 
 
 def load_prompts(assets: Path = ASSETS) -> list[str]:
     """The default task's prompts as shipped."""
-    return list(json.loads((Path(assets) / PROMPTS_FILE).read_text(encoding="utf-8")))
+    return _task_at(assets).prompts()
 
 
 def env_kwargs(assets: Path = ASSETS) -> dict[str, Any]:
     """What ``TextRLHF-v0`` is made with when no policy is given: paths of the shipped models, the prompts
     and :data:`ENV_DEFAULTS`."""
-    policy = Path(assets) / POLICY_DIR
-    if not (policy / "config.json").is_file():
-        load_manifest(assets)  # raises AssetError with the rebuild command
-        raise AssetError(f"the policy is missing from {policy}; rebuild the assets")
-    return {
-        "policy": policy,
-        "tokenizer": policy,
-        "reward_model": Path(assets) / REWARD_MODEL_DIR,
-        "prompts": load_prompts(assets),
-        **ENV_DEFAULTS,
-    }
+    return _task_at(assets).env_kwargs()
+
+
+def _task_at(assets: Path) -> Task:
+    """This task with its assets in ``assets`` (the shipped folder, or a rebuild elsewhere)."""
+    return dataclasses.replace(TASK, assets=Path(assets))
 
 
 __all__ = [
     "ASSETS",
     "ENV_DEFAULTS",
+    "MANIFEST",
+    "POLICY_DIR",
+    "PROMPTS_FILE",
+    "REWARD_MODEL_DIR",
+    "TASK",
     "AssetError",
     "GoldScore",
     "default_prompts",
@@ -105,6 +106,7 @@ __all__ = [
     "gold_reward",
     "gold_score",
     "gold_sentiment",
+    "gold_utilities",
     "is_grammatical",
     "load_manifest",
     "load_prompts",

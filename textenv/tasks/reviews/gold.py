@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from textenv.tasks import base
 from textenv.tasks.reviews.grammar import parse
 
 UNGRAMMATICAL_UTILITY = -1.0
@@ -75,9 +76,11 @@ def evaluate(prompts: Sequence[str], responses: Sequence[str]) -> dict[str, floa
     """Gold quality of a batch of responses.
 
     Returns:
-        ``gold_sentiment`` (mean, ungrammatical counting 0), ``positive_rate`` (grammatical and sentiment
-        > 0), ``grammatical_rate``, ``distinct_2`` (over the responses' words), ``mean_words`` (response
-        length in words) and ``n``.
+        ``gold`` (the mean utility, in [-1, 1]: the sentiment of a grammatical review, -1 for broken text),
+        ``success_rate`` (the share of successes: grammatical reviews with sentiment > 0, the same as
+        ``positive_rate``), ``gold_sentiment`` (mean, ungrammatical counting 0), ``positive_rate``,
+        ``grammatical_rate``, ``distinct_2`` (over the responses' words), ``mean_words`` (response length
+        in words) and ``n``.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -90,14 +93,22 @@ def summarize(scores: Sequence[GoldScore], responses: Sequence[str]) -> dict[str
         raise ValueError(f"{len(scores)} gold scores but {len(responses)} responses")
     if not responses:
         raise ValueError("evaluate needs at least one response")
+    positive_rate = float(np.mean([s.positive for s in scores]))
     return {
+        "gold": float(np.mean([s.utility for s in scores])),
+        "success_rate": positive_rate,
         "gold_sentiment": float(np.mean([s.sentiment for s in scores])),
-        "positive_rate": float(np.mean([s.positive for s in scores])),
+        "positive_rate": positive_rate,
         "grammatical_rate": float(np.mean([s.grammatical for s in scores])),
         "distinct_2": distinct_n(responses, 2),
         "mean_words": float(np.mean([len(r.split()) for r in responses])),
         "n": float(len(responses)),
     }
+
+
+def gold_utilities(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Gold utility of each response: its sentiment if grammatical, -1 for broken text."""
+    return [gold_score(p, r).utility for p, r in zip(prompts, responses, strict=True)]
 
 
 def gold_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
@@ -113,6 +124,4 @@ def prefer(
     temperature: float = LABELLER_TEMPERATURE,
 ) -> tuple[str, str]:
     """A simulated labeller's choice between two responses: ``(chosen, rejected)``."""
-    margin = gold_score(prompt, first).utility - gold_score(prompt, second).utility
-    p_first = 1.0 / (1.0 + np.exp(-margin / temperature))
-    return (first, second) if rng.random() < p_first else (second, first)
+    return base.prefer(rng, prompt, first, second, lambda p, r: gold_score(p, r).utility, temperature)

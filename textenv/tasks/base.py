@@ -1,0 +1,164 @@
+"""What a task is: shipped assets checked against a manifest, env defaults, a gold scorer and a budget;
+and the simulated labellers' choice.
+
+This module stays light (no torch): the registry imports it when ``textenv`` is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: ``(prompt, response) -> float``: one response's utility (gold's, or simulated labellers').
+Utility = Callable[[str, str], float]
+#: ``(prompts, responses) -> one gold utility per response``.
+GoldFn = Callable[[Sequence[str], Sequence[str]], list[float]]
+#: ``(prompts, responses) -> {"gold": mean utility, "success_rate": share, ...the task's own columns}``.
+EvaluateFn = Callable[[Sequence[str], Sequence[str]], dict[str, float]]
+
+POLICY_DIR = "policy"
+REWARD_MODEL_DIR = "reward_model"
+PROMPTS_FILE = "prompts.json"
+MANIFEST = "manifest.json"
+
+
+def prefer(
+    rng: np.random.Generator, prompt: str, first: str, second: str, utility: Utility, temperature: float
+) -> tuple[str, str]:
+    """A simulated labeller's choice between two responses, ``(chosen, rejected)``: ``first`` wins with the
+    Bradley-Terry probability ``σ((u_first - u_second) / temperature)`` of the labeller's utilities ``u``.
+    Two responses of nearly equal utility are a coin flip (the labelling noise); a clearly better one
+    wins almost always."""
+    margin = utility(prompt, first) - utility(prompt, second)
+    p_first = 1.0 / (1.0 + np.exp(-margin / temperature))
+    return (first, second) if rng.random() < p_first else (second, first)
+
+
+class AssetError(RuntimeError):
+    """A task's shipped files are missing or do not match their manifest."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(assets: Path, rebuild: str = "the task's build command") -> dict[str, Any]:
+    """The manifest of an asset folder; ``rebuild`` is the command the error message suggests."""
+    path = Path(assets) / MANIFEST
+    if not path.is_file():
+        raise AssetError(
+            f"no manifest at {path}: the task's assets are missing; rebuild them with `{rebuild}`"
+        )
+    return dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def verify_assets(assets: Path, rebuild: str = "the task's build command") -> dict[str, Any]:
+    """Check every file listed in the manifest against its sha256; returns the manifest.
+
+    Raises:
+        AssetError: naming the first missing or changed file.
+    """
+    manifest = load_manifest(assets, rebuild)
+    for name, entry in manifest["files"].items():
+        path = Path(assets) / name
+        if not path.is_file():
+            raise AssetError(f"{name} is listed in the manifest but missing from {assets}; run `{rebuild}`")
+        digest = file_sha256(path)
+        if digest != entry["sha256"]:
+            raise AssetError(
+                f"{name} does not match the manifest (sha256 {digest[:12]}... != "
+                f"{entry['sha256'][:12]}...); rebuild with `{rebuild}` or reinstall the package"
+            )
+    return manifest
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the suite: what ``gymnasium.make("TextRLHF-v0", task=name)`` plays, and how to judge it.
+
+    Attributes:
+        name: the registry name.
+        summary: one line on what the policy is asked to write.
+        stresses: the one thing an RLHF algorithm must do well here.
+        assets: folder of the shipped files (``policy/``, ``prompts.json``, ``manifest.json``, and
+            ``reward_model/`` when the reward is learned).
+        gold: per-response gold utility, ``(prompts, responses) -> list[float]``; higher is better.
+        evaluate: batch summary, ``(prompts, responses) -> dict`` with ``gold`` (mean utility),
+            ``success_rate`` and the task's own columns.
+        gold_range: the lowest and highest gold utility; the highest is the best reachable gold.
+        success: what counts as a success (the definition behind ``success_rate``).
+        reward: ``"reward_model"`` (the learned proxy in ``assets/reward_model``) or a function
+            ``(prompts, responses) -> scores`` that the env calls (the gold itself, for verifiable tasks).
+        env_defaults: constructor defaults of the env (lengths; anything else a task needs).
+        budget: response tokens per run in the suite benchmark (``benchmarks/suite.py``).
+        columns: the task's own ``evaluate`` keys worth a table column: ``(key, header, format)``.
+        build_module: the module whose ``python -m`` rebuilds the assets.
+    """
+
+    name: str
+    summary: str
+    stresses: str
+    assets: Path
+    gold: GoldFn
+    evaluate: EvaluateFn
+    gold_range: tuple[float, float]
+    success: str
+    reward: str | Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+    env_defaults: Mapping[str, Any] = field(default_factory=dict)
+    budget: int = 100_000
+    columns: tuple[tuple[str, str, str], ...] = ()
+    build_module: str = ""
+
+    @property
+    def rebuild_command(self) -> str:
+        return f"python -m {self.build_module or f'textenv.tasks.{self.name}.build'}"
+
+    @property
+    def best_gold(self) -> float:
+        """The highest gold utility a response can have."""
+        return self.gold_range[1]
+
+    def manifest(self) -> dict[str, Any]:
+        """The shipped ``manifest.json``: build settings, library versions, quality figures, file hashes."""
+        return load_manifest(self.assets, self.rebuild_command)
+
+    def verify_assets(self) -> dict[str, Any]:
+        """Check the shipped files against the manifest (sha256); returns it. Raises :class:`AssetError`."""
+        return verify_assets(self.assets, self.rebuild_command)
+
+    def prompts(self) -> list[str]:
+        """The task's prompts as shipped."""
+        path = self.assets / PROMPTS_FILE
+        if not path.is_file():
+            self.manifest()  # raises AssetError with the rebuild command
+            raise AssetError(f"the prompts are missing from {self.assets}; run `{self.rebuild_command}`")
+        return list(json.loads(path.read_text(encoding="utf-8")))
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """What the env is made with for this task: the shipped policy and its tokenizer, the reward (model
+        folder or function), the prompts and :attr:`env_defaults`."""
+        policy = self.assets / POLICY_DIR
+        if not (policy / "config.json").is_file():
+            self.manifest()
+            raise AssetError(f"the policy is missing from {policy}; run `{self.rebuild_command}`")
+        reward = self.assets / REWARD_MODEL_DIR if self.reward == "reward_model" else self.reward
+        return {
+            "policy": policy,
+            "tokenizer": policy,
+            "reward_model": reward,
+            "prompts": self.prompts(),
+            **self.env_defaults,
+        }
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}: {self.summary})"
