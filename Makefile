@@ -5,7 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: setup demo play test test-slow lint bench bench-learning assets clean
+TASKS ?= reviews verbosity sorting treasure requests
+
+.PHONY: setup demo play test test-slow lint bench bench-learning bench-suite bench-overopt assets clean
 
 setup: $(STAMP)
 
@@ -41,8 +43,15 @@ bench: $(STAMP)
 bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/learning.py
 
+bench-suite: $(STAMP)
+	$(BIN)/python benchmarks/suite.py
+
+bench-overopt: $(STAMP)
+	$(BIN)/python benchmarks/overoptimisation.py
+
+# rebuild the shipped assets of every task, or of some: make assets TASKS="sorting treasure"
 assets: $(STAMP)
-	$(BIN)/python -m textenv.tasks.reviews.build
+	for task in $(TASKS); do $(BIN)/python -m textenv.tasks.$$task.build || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,8 +1,9 @@
-"""Evaluation on the default review task: the reward model, the KL and the gold scorer, side by side.
+"""Evaluation on a task of the suite: the reward (the proxy), the KL and the task's gold, side by side.
 
 An evaluation plays fixed-seed rollouts on a *separate* vector env that shares the policy, reference and
 reward model with the training env but keeps beta fixed, so that evaluating changes neither the training
-env's adaptive KL coefficient nor the agent's random streams.
+env's adaptive KL coefficient nor the agent's random streams. Gold comes from the task
+(:func:`textenv.tasks.load`): its ``evaluate`` gives ``gold``, ``success_rate`` and its own columns.
 """
 
 from __future__ import annotations
@@ -16,45 +17,74 @@ import torch
 
 from agents.base import Agent, make_env
 from agents.rollout import collect
-from textenv.tasks import reviews
+from textenv import tasks
+from textenv.tasks import Task
 
-#: Columns of the before/after table: metric key, header, format.
+#: Columns of every before/after table: metric key, header, format (the task's own columns follow).
 SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("rm_score", "RM score", "{:+.3f}"),
-    ("gold_sentiment", "gold sentiment", "{:+.3f}"),
-    ("positive_rate", "positive rate", "{:.1%}"),
-    ("grammatical_rate", "grammatical rate", "{:.1%}"),
+    ("gold", "gold", "{:+.3f}"),
+    ("success_rate", "success rate", "{:.1%}"),
     ("kl", "KL (nats)", "{:.2f}"),
-    ("distinct_2", "distinct-2", "{:.3f}"),
-    ("mean_words", "words", "{:.1f}"),
 )
 
 
-def make_eval_env(agent: Agent, num_envs: int = 256) -> gym.vector.VectorEnv:
-    """A vector env on the default task sharing ``agent``'s models, with beta fixed at its current value."""
-    train = agent.env.unwrapped
+def task_of(agent_or_env: Agent | gym.vector.VectorEnv, task: str | Task | None = None) -> Task:
+    """The task to judge by: ``task`` if given, else the one the (agent's) env plays."""
+    if isinstance(task, Task):
+        return task
+    if task is None:
+        env = agent_or_env.env if isinstance(agent_or_env, Agent) else agent_or_env
+        task = getattr(env.unwrapped, "task", None)
+        if task is None:
+            raise ValueError(
+                "this env plays no task of textenv.tasks, so there is no gold to evaluate with; make it with "
+                "task=NAME, or pass task= here"
+            )
+    return tasks.load(task)
+
+
+def summary_columns(task: Task) -> tuple[tuple[str, str, str], ...]:
+    """The before/after table's columns for ``task``."""
+    shared = {key for key, _, _ in SUMMARY_COLUMNS}
+    return SUMMARY_COLUMNS + tuple(c for c in task.columns if c[0] not in shared)
+
+
+def make_eval_env(agent: Agent, num_envs: int = 256, task: str | Task | None = None) -> gym.vector.VectorEnv:
+    """A vector env of the agent's task sharing ``agent``'s models, with beta fixed at its current value."""
+    spec = task_of(agent, task)
+    engine = agent.env.unwrapped.engine  # type: ignore[attr-defined]
     return make_env(
         num_envs=num_envs,
+        task=spec.name,
         policy=agent.model.policy,
-        reference=train.reference,  # type: ignore[attr-defined]
-        tokenizer=train.tokenizer,  # type: ignore[attr-defined]
-        reward_model=train.reward_model,  # type: ignore[attr-defined]
-        prompts=reviews.load_prompts(),
-        kl_coef=train.kl_coef,  # type: ignore[attr-defined]
+        reference=engine.reference,
+        tokenizer=engine.tokenizer,
+        reward_model=engine.reward_model,
+        prompts=spec.prompts(),
+        max_new_tokens=engine.max_new_tokens,
+        max_prompt_tokens=engine.max_prompt_tokens,
+        temperature=engine.temperature,
+        kl_estimator=engine.kl_estimator_name,
+        kl_coef=engine.kl_coef,
         kl_target=None,
-        **reviews.ENV_DEFAULTS,
     )
 
 
 def evaluate(
-    agent: Agent, env: gym.vector.VectorEnv, episodes: int = 512, seed: int = 12345
+    agent: Agent,
+    env: gym.vector.VectorEnv,
+    episodes: int = 512,
+    seed: int = 12345,
+    task: str | Task | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Play ``episodes`` (rounded up to whole rollouts) with the agent's policy on ``env``.
 
-    Returns the summary (RM score, KL, gold sentiment, positive, grammatical, distinct-2, words) and one
-    row per episode (prompt, response, score, kl, gold, grammatical). The same ``seed`` gives the same
-    prompts and the same random numbers, so before/after comparisons differ by the policy only.
+    Returns the summary (RM score, KL, and the task's ``evaluate``: gold, success rate and its own columns)
+    and one row per episode (prompt, response, score, kl, gold). The same ``seed`` gives the same prompts
+    and the same random numbers, so before/after comparisons differ by the policy only.
     """
+    spec = task_of(env, task)
     generator = torch.Generator(agent.device).manual_seed(seed)
     rounds = -(-episodes // env.num_envs)
     prompts: list[str] = []
@@ -67,35 +97,39 @@ def evaluate(
         responses += rollout.responses
         scores += rollout.scores.tolist()
         kls += rollout.kl.tolist()
-    golds = [reviews.gold_score(p, y) for p, y in zip(prompts, responses, strict=True)]  # parsed once
     summary = {
         "rm_score": float(np.mean(scores)),
         "kl": float(np.mean(kls)),
-        **reviews.summarize(golds, responses),
+        **spec.evaluate(prompts, responses),
     }
+    golds = spec.gold(prompts, responses)
     rows = [
-        {"prompt": p, "response": y, "score": s, "kl": k, "gold": g.sentiment, "grammatical": g.grammatical}
+        {"prompt": p, "response": y, "score": s, "kl": k, "gold": g}
         for p, y, s, k, g in zip(prompts, responses, scores, kls, golds, strict=True)
     ]
     return summary, rows
 
 
-def gold_metrics(prompts: list[str], responses: list[str]) -> dict[str, float]:
+def metric_name(key: str) -> str:
+    """The per-iteration metric name of a key of a task's ``evaluate``: ``gold`` is ``gold/score``,
+    ``gold_sentiment`` is ``gold/sentiment``, any other ``key`` is ``gold/key``."""
+    return "gold/score" if key == "gold" else "gold/" + key.removeprefix("gold_")
+
+
+def gold_metrics(task: Task, prompts: list[str], responses: list[str]) -> dict[str, float]:
     """``gold/...`` metrics of a batch of episodes (for the per-iteration log)."""
-    gold = reviews.evaluate(prompts, responses)
-    return {
-        "gold/sentiment": gold["gold_sentiment"],
-        "gold/positive_rate": gold["positive_rate"],
-        "gold/grammatical_rate": gold["grammatical_rate"],
-        "gold/distinct_2": gold["distinct_2"],
-    }
+    return {metric_name(k): v for k, v in task.evaluate(prompts, responses).items() if k != "n"}
 
 
-def format_summary(before: dict[str, float], after: dict[str, float]) -> str:
+def format_summary(
+    before: dict[str, float],
+    after: dict[str, float],
+    columns: tuple[tuple[str, str, str], ...] = SUMMARY_COLUMNS,
+) -> str:
     """The before/after table as aligned text."""
-    width = max(len(h) for _, h, _ in SUMMARY_COLUMNS)
+    width = max(len(h) for _, h, _ in columns)
     lines = [f"{'':<{width}}  {'before':>9}  {'after':>9}"]
-    for key, header, fmt in SUMMARY_COLUMNS:
+    for key, header, fmt in columns:
         lines.append(f"{header:<{width}}  {fmt.format(before[key]):>9}  {fmt.format(after[key]):>9}")
     return "\n".join(lines)
 
@@ -103,7 +137,7 @@ def format_summary(before: dict[str, float], after: dict[str, float]) -> str:
 def plot_curves(
     histories: dict[str, list[dict[str, float]]], path: str | Path, title: str = "", band: bool = False
 ) -> Path:
-    """Learning curves against timesteps: RM score, gold positive rate and grammatical rate, KL.
+    """Learning curves against timesteps: RM score, gold, success rate, KL.
 
     ``histories`` maps a label to metric rows (one per iteration, with ``charts/timesteps``). With
     ``band=True`` labels of the form ``"name/seed"`` are averaged per name with a min-max band.
@@ -115,9 +149,9 @@ def plot_curves(
     from matplotlib.ticker import FuncFormatter
 
     panels = (
-        ("objective/scores", "RM score"),
-        ("gold/positive_rate", "gold positive rate"),
-        ("gold/grammatical_rate", "gold grammatical rate"),
+        ("objective/scores", "RM score (proxy)"),
+        ("gold/score", "gold"),
+        ("gold/success_rate", "gold success rate"),
         ("objective/kl", "KL to reference (nats)"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))

@@ -1,12 +1,14 @@
-"""The main job: train an agent on the default review task and show what changed.
+"""The main job: train an agent on a task of the suite (the default review task unless told) and show
+what changed.
 
-    python -m agents.train                            # PPO, 100k tokens, run folder runs/ppo-s0-<time>
+    python -m agents.train                   # PPO, 100k tokens, run folder runs/ppo-reviews-s0-<time>
     python -m agents.train --agent reinforce --seed 1 --timesteps 200000 --run-dir runs/rf1
+    python -m agents.train --task sorting             # another task: textenv.tasks.names()
     python -m agents.train --resume runs/rf1 --timesteps 300000   # continue a run to a new total
     python -m agents.train --help                       # every setting of every agent
 
-It prints a line per iteration under a progress bar, then a before/after table (RM score, gold sentiment,
-positive rate, grammatical rate, KL, distinct-2) and sample responses, and writes a run folder:
+It prints a line per iteration under a progress bar, then a before/after table (RM score, gold, success
+rate, KL and the task's own columns) and sample responses, and writes a run folder:
 ``config.json``, ``metrics.jsonl`` / ``metrics.csv`` (one row per iteration), ``curves.png``,
 ``summary.json``, ``samples.md`` and ``checkpoint/`` (a saved agent; its ``policy/`` loads as a plain
 transformers model).
@@ -56,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--agent", choices=AGENT_NAMES, default=None, help="learner (default: ppo)")
+    parser.add_argument(
+        "--task", choices=task_names(), default=None, help="task of the suite (default: reviews)"
+    )
     parser.add_argument("--timesteps", type=int, default=None, help="total response tokens (default 100000)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default 0)")
     parser.add_argument(
@@ -69,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no line per iteration")
-    env = parser.add_argument_group("environment (the default task's env)")
+    env = parser.add_argument_group("environment (the task's env)")
     env.add_argument("--kl-coef", type=float, help="initial beta (default 0.2)")
     env.add_argument("--kl-target", type=_parse_value, help="adaptive-beta KL target in nats, or none (6)")
     env.add_argument("--kl-horizon", type=float, help="adaptive-beta horizon in episodes (10000)")
@@ -104,13 +109,19 @@ def _print(text: str) -> None:
     sys.stdout.flush()
 
 
+def task_names() -> list[str]:
+    from textenv import tasks
+
+    return tasks.names()
+
+
 def _iteration_line(m: dict[str, float]) -> str:
     return (
         f"it {int(m['charts/iteration']):>4}  tok {int(m['charts/timesteps']):>8,}  "
         f"score {m['objective/scores']:+.2f}  kl {m['objective/kl']:5.2f}  "
         f"beta {m['objective/kl_coef']:.3f}  "
-        f"gold {m['gold/sentiment']:+.2f}  pos {m['gold/positive_rate']:4.0%}  "
-        f"gram {m['gold/grammatical_rate']:4.0%}  len {m['charts/episode_length']:4.1f}  "
+        f"gold {m['gold/score']:+.2f}  success {m['gold/success_rate']:4.0%}  "
+        f"len {m['charts/episode_length']:4.1f}  "
         f"({m['charts/rollout_seconds'] + m['charts/update_seconds']:.1f}s)"
     )
 
@@ -126,11 +137,7 @@ def write_csv(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def _samples(rows: list[dict[str, Any]], n: int) -> list[str]:
-    return [
-        f"[RM {r['score']:+.2f} | gold {r['gold']:+.2f}{'' if r['grammatical'] else ' ungrammatical'}] "
-        f"{r['prompt']}{r['response']}"
-        for r in rows[:n]
-    ]
+    return [f"[RM {r['score']:+.2f} | gold {r['gold']:+.2f}] {r['prompt']}{r['response']}" for r in rows[:n]]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -162,9 +169,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = ["python", "-m", "agents.train", *(argv if argv is not None else sys.argv[1:])]
     saved: dict[str, Any] = {}
     if args.resume is not None:
-        if env_overrides or args.seed is not None or args.run_dir is not None:
+        if env_overrides or args.seed is not None or args.run_dir is not None or args.task is not None:
             raise SystemExit(
-                "--resume continues a run as it was made: drop --seed, --run-dir and --kl-* options"
+                "--resume continues a run as it was made: drop --seed, --run-dir, --task and --kl-* options"
             )
         run_dir = args.resume
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.agent not in (None, name):
             raise SystemExit(f"{run_dir} is a {name} run; drop --agent or start a new run")
         seed = saved["seed"]
+        task = saved.get("task", "reviews")
         timesteps = args.timesteps if args.timesteps is not None else saved["timesteps"]
         agent = classes[name].load(run_dir / "checkpoint", "TextRLHF-v0", **overrides)
         before = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["before"]
@@ -181,17 +189,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         _print(f"resuming {name} from {run_dir} at {agent.num_timesteps:,} timesteps")
     else:
         name = args.agent or "ppo"
+        task = args.task or "reviews"
         seed = 0 if args.seed is None else args.seed
         timesteps = 100_000 if args.timesteps is None else args.timesteps
-        run_dir = args.run_dir or Path("runs") / f"{name}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = args.run_dir or Path("runs") / f"{name}-{task}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "config.json").exists():
             raise SystemExit(f"{run_dir} already holds a run: pass --resume {run_dir} or another --run-dir")
         run_dir.mkdir(parents=True, exist_ok=True)
-        env_kwargs = DEFAULT_ENV_KWARGS | env_overrides
+        env_kwargs = DEFAULT_ENV_KWARGS | env_overrides | {"task": task}
         agent = classes[name]("TextRLHF-v0", seed=seed, env_kwargs=env_kwargs, **overrides)
         history = agent.history
     config = {
         "agent": name,
+        "task": task,
         "seed": seed,
         "timesteps": timesteps,
         "config": dict(vars(agent.config)),
@@ -200,10 +210,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
 
+    spec = evaluation.task_of(agent)
+    columns = evaluation.summary_columns(spec)
     eval_env = evaluation.make_eval_env(agent, num_envs=min(256, args.eval_episodes))
     policy = agent.model.policy
     _print(
-        f"{type(agent).__name__} on TextRLHF-v0 (default review task): "
+        f"{type(agent).__name__} on TextRLHF-v0, task {spec.name}: "
         f"{sum(p.numel() for p in policy.parameters()):,}"
         f"-parameter policy, {agent.constants['num_envs']} episodes per iteration, {timesteps:,} timesteps, "
         f"run folder {run_dir}"
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def on_iteration(agent_: Any, metrics: dict[str, float]) -> None:
         rollout = agent_.last_rollout
-        metrics.update(evaluation.gold_metrics(rollout.prompts, rollout.responses))
+        metrics.update(evaluation.gold_metrics(spec, rollout.prompts, rollout.responses))
         with metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
         if not args.quiet:
@@ -234,7 +246,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_seconds = time.perf_counter() - start
     agent.save(run_dir / "checkpoint")
     write_csv(agent.history, run_dir / "metrics.csv")
-    evaluation.plot_curves({name: agent.history}, run_dir / "curves.png", title=f"{name}, seed {seed}")
+    evaluation.plot_curves(
+        {name: agent.history}, run_dir / "curves.png", title=f"{name} on {spec.name}, seed {seed}"
+    )
 
     after, after_rows = evaluation.evaluate(agent, eval_env, args.eval_episodes)
     summary = {
@@ -257,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"\ntrained {agent.num_timesteps:,} timesteps in {train_seconds:.0f}s; "
         f"{args.eval_episodes} evaluation episodes:"
     )
-    print(evaluation.format_summary(before, after))
+    print(evaluation.format_summary(before, after, columns))
     print("\nsamples before training:")
     print("\n".join("  " + s for s in _samples(before_rows, args.samples)))
     print("samples after training:")

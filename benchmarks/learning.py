@@ -29,10 +29,12 @@ import transformers
 
 from agents import evaluation
 from agents.train import agent_classes
+from textenv import tasks
 
 BAR = {"positive_rate": 0.9, "grammatical_rate": 0.9, "kl": 10.0, "seconds": 15 * 60}
+TASK = tasks.load("reviews")
 COLUMNS = (
-    *(column for column in evaluation.SUMMARY_COLUMNS if column[0] != "mean_words"),
+    *(column for column in evaluation.summary_columns(TASK) if column[0] != "mean_words"),
     ("train_seconds", "wall time (s)", "{:.0f}"),
 )
 
@@ -45,7 +47,7 @@ def run(name: str, seed: int, timesteps: int, eval_episodes: int) -> dict[str, A
 
     def on_iteration(agent_: Any, metrics: dict[str, float]) -> None:
         rollout = agent_.last_rollout
-        metrics.update(evaluation.gold_metrics(rollout.prompts, rollout.responses))
+        metrics.update(evaluation.gold_metrics(TASK, rollout.prompts, rollout.responses))
         metrics["charts/wall_seconds"] = time.perf_counter() - start
         if not reached and (
             metrics["gold/positive_rate"] >= BAR["positive_rate"]

@@ -17,15 +17,33 @@ def test_training_command_end_to_end_and_resume(tmp_path, capsys):
     run = tmp_path / "run"
     summary = main(["--timesteps", "150", "--run-dir", str(run), "--seed", "3", *TINY])
     out = capsys.readouterr().out
-    for text in ("before", "after", "positive rate", "grammatical rate", "distinct-2", "samples after"):
+    for text in (
+        "task reviews",
+        "before",
+        "after",
+        "success rate",
+        "gold sentiment",
+        "distinct-2",
+        "samples after",
+    ):
         assert text in out
     for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "summary.json", "samples.md"):
         assert (run / name).is_file(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows and rows[-1]["charts/timesteps"] >= 150
-    assert {"objective/scores", "objective/kl", "gold/positive_rate", "policy/approxkl"} <= set(rows[0])
-    assert set(summary["before"]) >= {"rm_score", "gold_sentiment", "positive_rate", "grammatical_rate", "kl"}
+    assert {"objective/scores", "objective/kl", "gold/score", "gold/success_rate", "policy/approxkl"} <= set(
+        rows[0]
+    )
+    assert {"gold/sentiment", "gold/positive_rate", "gold/grammatical_rate"} <= set(rows[0])  # the task's own
+    assert set(summary["before"]) >= {
+        "rm_score",
+        "gold",
+        "success_rate",
+        "gold_sentiment",
+        "grammatical_rate",
+        "kl",
+    }
     assert summary["before"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the policy starts as its reference
     AutoModelForCausalLM.from_pretrained(run / "checkpoint" / "policy", use_safetensors=True)
 
@@ -35,12 +53,28 @@ def test_training_command_end_to_end_and_resume(tmp_path, capsys):
         main(["--resume", str(run), "--kl-target", "3", *TINY])
     main(["--resume", str(run), "--timesteps", "300", *TINY])
     config = json.loads((run / "config.json").read_text())
+    assert config["task"] == "reviews"
     assert config["seed"] == 3 and config["timesteps"] == 300 and "--resume" in config["resumed_with"][0]
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert resumed[: len(rows)] == rows and len(resumed) > len(rows)
     assert resumed[-1]["charts/timesteps"] >= 300
     agent = PPO.load(run / "checkpoint", "TextRLHF-v0")
     assert agent.num_timesteps == resumed[-1]["charts/timesteps"] and agent.config.num_envs == 8
+
+
+def test_training_command_on_another_task(tmp_path, capsys):
+    run = tmp_path / "run"
+    summary = main(["--task", "sorting", "--timesteps", "100", "--run-dir", str(run), *TINY])
+    out = capsys.readouterr().out
+    assert "task sorting" in out and "positions right" in out and "sort :" in out
+    assert set(summary["after"]) >= {"gold", "success_rate", "position_accuracy", "permutation_rate"}
+    assert json.loads((run / "config.json").read_text())["task"] == "sorting"
+    main(["--resume", str(run), "--timesteps", "200", *TINY])  # the task comes back with the run
+    assert PPO.load(run / "checkpoint", "TextRLHF-v0").env.unwrapped.task == "sorting"
+    with pytest.raises(SystemExit, match="as it was made"):
+        main(["--resume", str(run), "--task", "reviews", *TINY])
+    with pytest.raises(SystemExit):
+        main(["--task", "nope", "--run-dir", str(tmp_path / "other"), *TINY])
 
 
 def test_parser_offers_every_agent_setting():

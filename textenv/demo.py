@@ -1,11 +1,11 @@
-"""The main job for now: make the default TextRLHF-v0 and play episodes with its policy.
+"""Make TextRLHF-v0 on a task (the default review task unless told) and play episodes with its policy.
 
-    python -m textenv.demo [--episodes 8] [--seed 0] [--compare-episodes 100]
+    python -m textenv.demo [--task reviews] [--episodes 8] [--seed 0] [--compare-episodes 100]
 
-Everything is offline and shipped with the package (``textenv.tasks.reviews``): a pretrained GPT-2 policy
-(and its frozen copy, the reference), a reward model learned from preferences, the review prompts. The
-policy writes the responses (sampled with a KV cache, as an agent would); the env pays score - beta * KL;
-the gold scorer says how good each response really is.
+Everything is offline and shipped with the package (``textenv.tasks``): a pretrained GPT-2 policy (and its
+frozen copy, the reference), the task's reward (a reward model learned from preferences, or a checker),
+its prompts. The policy writes the responses (sampled with a KV cache, as an agent would); the env pays
+score - beta * KL; the task's gold scorer says how good each response really is.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 import transformers
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
-from textenv.tasks import reviews
+from textenv import tasks
+from textenv.tasks import Task
 
 
 def sample_episode(env: gym.Env, writer: torch.nn.Module, seed: int, generator: torch.Generator) -> dict:
@@ -58,13 +59,17 @@ def random_episode(env: gym.Env, seed: int) -> dict:
     return {"reward": reward, **info}
 
 
-def _with_gold(row: dict) -> dict:
-    gold = reviews.gold_score(row["prompt"], row["response"])
-    return {**row, "gold": gold.sentiment, "grammatical": gold.grammatical}
+def _with_gold(task: Task, row: dict) -> dict:
+    prompt, response = [row["prompt"]], [row["response"]]
+    return {
+        **row,
+        "gold": task.gold(prompt, response)[0],
+        "success": task.evaluate(prompt, response)["success_rate"],
+    }
 
 
 def _means(rows: list[dict]) -> dict[str, float]:
-    keys = ("score", "gold", "grammatical", "kl", "reward")
+    keys = ("score", "gold", "success", "kl", "reward")
     return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
 
 
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--task", choices=tasks.names(), default="reviews", help="task to play (reviews)")
     parser.add_argument("--episodes", type=int, default=8, help="episodes to show")
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and sampling")
     parser.add_argument("--compare-episodes", type=int, default=100, help="episodes per mean in the summary")
@@ -80,18 +86,21 @@ def main(argv: list[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
 
     start = time.perf_counter()
-    env = gym.make("TextRLHF-v0")
+    task = tasks.load(args.task)
+    env = gym.make("TextRLHF-v0", task=task.name)
     policy = env.unwrapped.policy  # type: ignore[attr-defined]
     print(
-        f"TextRLHF-v0, default task: a {sum(p.numel() for p in policy.parameters()):,}-parameter GPT-2 "
+        f"TextRLHF-v0, task {task.name}: a {sum(p.numel() for p in policy.parameters()):,}-parameter GPT-2 "
         f"policy, vocabulary {env.action_space.n}, beta={env.unwrapped.kl_coef} "  # type: ignore[attr-defined]
         f"(made in {time.perf_counter() - start:.1f}s)"
     )
-    print(
-        "reward = RM score - beta * KL; gold = the true sentiment the RM approximates (0 if ungrammatical)\n"
-    )
+    print(f"{task.summary}\nsuccess: {task.success}")
+    low, high = task.gold_range
+    print(f"reward = score - beta * KL; gold = the task's true utility, in [{low:g}, {high:g}]\n")
     generator = torch.Generator().manual_seed(args.seed)
-    rows = [_with_gold(sample_episode(env, policy, args.seed + i, generator)) for i in range(args.episodes)]
+    rows = [
+        _with_gold(task, sample_episode(env, policy, args.seed + i, generator)) for i in range(args.episodes)
+    ]
     width = max(len(r["prompt"] + r["response"]) for r in rows)
     header = f"{'prompt + response (written by the policy)':<{width}}"
     print(f"{header}  {'score':>6}  {'gold':>6}  {'KL':>5}  {'reward':>6}")
@@ -100,20 +109,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{text:<{width}}  {r['score']:>6.2f}  {r['gold']:>6.2f}  {r['kl']:>5.2f}  {r['reward']:>6.2f}")
 
     n = args.compare_episodes
-    print(f"\nmean over {n} episodes    RM score    gold  grammatical     KL  reward")
-    samples = [_with_gold(sample_episode(env, policy, 10_000 + i, generator)) for i in range(n)]
-    randoms = [_with_gold(random_episode(env, 20_000 + i)) for i in range(n)]
+    print(f"\nmean over {n} episodes       score    gold  success     KL  reward")
+    samples = [_with_gold(task, sample_episode(env, policy, 10_000 + i, generator)) for i in range(n)]
+    randoms = [_with_gold(task, random_episode(env, 20_000 + i)) for i in range(n)]
     for name, group in (("policy's samples", samples), ("random tokens", randoms)):
         m = _means(group)
         print(
-            f"{name:<22}  {m['score']:>8.2f}  {m['gold']:>6.2f}  {m['grammatical']:>11.0%}  "
+            f"{name:<22}  {m['score']:>8.2f}  {m['gold']:>6.2f}  {m['success']:>7.0%}  "
             f"{m['kl']:>5.1f}  {m['reward']:>6.2f}"
         )
     print(
         "(the policy is still its own reference, so every KL is 0, whatever the tokens: KL measures\n"
         " how far the policy has moved, and RL, in agents/, is what moves it toward higher scores.\n"
-        " Random tokens are broken text: gold gives them nothing and the reward model scores them far\n"
-        " below real reviews.)"
+        " Random tokens are broken text: gold gives them its lowest value.)"
     )
     print(f"\ndone in {time.perf_counter() - start:.1f}s")
 

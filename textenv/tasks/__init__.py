@@ -36,6 +36,10 @@ DEFAULT_TASK_NAME = "reviews"
 
 _BUILTIN: dict[str, str] = {
     "reviews": "textenv.tasks.reviews",
+    "verbosity": "textenv.tasks.verbosity",
+    "sorting": "textenv.tasks.sorting",
+    "treasure": "textenv.tasks.treasure",
+    "requests": "textenv.tasks.requests",
 }
 _REGISTERED: dict[str, Task] = {}
 

@@ -116,10 +116,10 @@ class BuildConfig:
         return replace(
             self,
             corpus_size=400,
-            vocab_size=400,
             n_layer=1,
             n_embd=32,
             n_head=2,
+            n_positions=max(self.n_positions, 128),  # a tiny corpus' tokenizer splits words it never saw
             pretrain_steps=20,
             pretrain_batch_size=16,
             comparison_groups=min(self.comparison_groups, 30),

@@ -42,6 +42,8 @@ DOMAINS = ("restaurant", "hotel", "product")
 NEGATION = -0.6
 BUT_WEIGHTS = (0.3, 0.7)
 MAX_BODY_WORDS = 22  # reviews are sampled to fit a 24-token response with its EOS
+MAX_SENTENCES = 3  # a review of the default task has one to three sentences
+SENTENCE_WEIGHTS = (0.25, 0.5, 0.25)  # the sampler's odds of one, two and three sentences
 
 # ----------------------------------------------------------------------------- lexicon
 # fmt: off
@@ -361,13 +363,20 @@ class Parse:
         return _clip(float(np.mean(self.sentence_values)))
 
 
-def parse(text: str) -> Parse | None:
+def parse(text: str, max_sentences: int = MAX_SENTENCES) -> Parse | None:
     """Read ``text`` as a whole review; ``None`` when it is not one (ungrammatical or incomplete)."""
     words = text.split()
     if len(words) < 4 or words[0] not in LEXICON or words[1:3] != ["review", ":"]:
         return None
-    values = _body(words, 3, LEXICON[words[0]], 3)
-    return None if values is None else Parse(words[0], tuple(values))
+    return parse_body(words[0], words[3:], max_sentences)
+
+
+def parse_body(domain: str, words: Sequence[str], max_sentences: int = MAX_SENTENCES) -> Parse | None:
+    """Read ``words`` as the body of a review of ``domain`` (one to ``max_sentences`` sentences)."""
+    if domain not in LEXICON:
+        raise ValueError(f"unknown domain {domain!r}; the domains are {DOMAINS}")
+    values = _body(list(words), 0, LEXICON[domain], max_sentences) if words else None
+    return None if values is None else Parse(domain, tuple(values))
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -389,12 +398,15 @@ def _sample_adj(
     return words
 
 
-def _sample_clause(rng: np.random.Generator, domain: Domain, sign: float) -> list[str]:
-    shape = rng.choice(5, p=[0.45, 0.2, 0.13, 0.11, 0.11])
+def _sample_clause(
+    rng: np.random.Generator, domain: Domain, sign: float, about: Noun | None = None
+) -> list[str]:
+    """A clause leaning ``sign``; about the noun ``about`` when given (a copula or an opinion clause)."""
+    shape = rng.choice(5, p=[0.45, 0.2, 0.13, 0.11, 0.11]) if about is None else int(rng.integers(2))
     negate = rng.random() < 0.2
     inner = -sign if negate else sign
     if shape == 0:  # copula
-        noun = _choice(rng, domain.nouns)
+        noun = _choice(rng, domain.nouns) if about is None else about
         table = adjectives_for(noun.category)
         adjp = _sample_adj(rng, table, inner)
         if rng.random() < 0.25:
@@ -408,7 +420,7 @@ def _sample_clause(rng: np.random.Generator, domain: Domain, sign: float) -> lis
             verb = ["did", "not", VERBS[past][0]]
         else:
             verb = (["really"] if rng.random() < 0.2 else []) + [past]
-        noun = _choice(rng, domain.nouns)
+        noun = _choice(rng, domain.nouns) if about is None else about
         return [pronoun, *verb, str(_choice(rng, domain.determiners)), noun.word]
     if shape == 2:  # verdict
         adj = _sample_adj(rng, ADJECTIVES["general"], inner)
@@ -422,9 +434,11 @@ def _sample_clause(rng: np.random.Generator, domain: Domain, sign: float) -> lis
     return [pronoun, "will", *middle, *_choice(rng, domain.returns)]
 
 
-def _sample_sentence(rng: np.random.Generator, domain: Domain, sign: float) -> list[str]:
+def _sample_sentence(
+    rng: np.random.Generator, domain: Domain, sign: float, about: Noun | None = None
+) -> list[str]:
     first = sign if rng.random() < 0.85 else -sign
-    words = _sample_clause(rng, domain, first)
+    words = _sample_clause(rng, domain, first, about)
     if rng.random() < 0.45:
         second = sign if rng.random() < 0.8 else -sign
         contrast = second != first or rng.random() < 0.1
@@ -434,14 +448,17 @@ def _sample_sentence(rng: np.random.Generator, domain: Domain, sign: float) -> l
 
 
 def sample_review(
-    rng: np.random.Generator, domain: str | None = None, max_body_words: int = MAX_BODY_WORDS
+    rng: np.random.Generator,
+    domain: str | None = None,
+    max_body_words: int = MAX_BODY_WORDS,
+    sentence_weights: Sequence[float] = SENTENCE_WEIGHTS,
 ) -> str:
     """One review drawn from the grammar.
 
     The review's leaning (positive or negative, even odds) is drawn first; each clause follows it with
     probability 0.85 (0.8 for a second clause, drawn for 45% of sentences, usually after ``but``), so
-    reviews are mostly coherent and sometimes mixed. Reviews whose body would pass ``max_body_words``
-    words are drawn again.
+    reviews are mostly coherent and sometimes mixed. The number of sentences is k + 1 with probability
+    ``sentence_weights[k]``. Reviews whose body would pass ``max_body_words`` words are drawn again.
     """
     name = domain if domain is not None else str(_choice(rng, DOMAINS))
     if name not in LEXICON:
@@ -449,16 +466,33 @@ def sample_review(
     lexicon = LEXICON[name]
     while True:
         sign = 1.0 if rng.random() < 0.5 else -1.0
-        count = int(rng.choice(3, p=[0.25, 0.5, 0.25])) + 1
-        body = [w for _ in range(count) for w in _sample_sentence(rng, lexicon, sign)]
+        count = int(rng.choice(len(sentence_weights), p=list(sentence_weights))) + 1
+        body = sample_body(rng, lexicon, sign, count)
         if len(body) <= max_body_words:
             return " ".join([name, "review", ":", *body])
 
 
-def sample_corpus(n: int, seed: int = 0, max_body_words: int = MAX_BODY_WORDS) -> list[str]:
+def sample_body(
+    rng: np.random.Generator, domain: Domain, sign: float, sentences: int, about: Noun | None = None
+) -> list[str]:
+    """The words of a review body of ``sentences`` sentences leaning ``sign`` (+1 or -1), each sentence
+    drawn as :func:`sample_review` draws them; the first clause is about the noun ``about`` when given."""
+    return [
+        w for k in range(sentences) for w in _sample_sentence(rng, domain, sign, about if k == 0 else None)
+    ]
+
+
+def sample_corpus(
+    n: int,
+    seed: int = 0,
+    max_body_words: int = MAX_BODY_WORDS,
+    sentence_weights: Sequence[float] = SENTENCE_WEIGHTS,
+) -> list[str]:
     """``n`` reviews from the grammar, reproducible from ``seed``."""
     rng = np.random.default_rng(seed)
-    return [sample_review(rng, max_body_words=max_body_words) for _ in range(n)]
+    return [
+        sample_review(rng, max_body_words=max_body_words, sentence_weights=sentence_weights) for _ in range(n)
+    ]
 
 
 def default_prompts() -> list[str]:
