@@ -45,7 +45,9 @@ SATURATION = 0.95  # progress at 20% of the budget at which an agent counts as s
 
 
 # ----------------------------------------------------------------------------- one run (a child process)
-def run_one(task_name: str, agent_name: str, seed: int, eval_episodes: int, threads: int) -> dict[str, Any]:
+def run_one(
+    task_name: str, agent_name: str, seed: int, eval_episodes: int, threads: int, budget_scale: float = 1.0
+) -> dict[str, Any]:
     """Train one agent on one task with one seed (or, for ``"reference"``, only evaluate the start)."""
     import torch
     import transformers
@@ -66,13 +68,14 @@ def run_one(task_name: str, agent_name: str, seed: int, eval_episodes: int, thre
     points = []
     wall = cpu = 0.0
     fractions = (0.0,) if agent_name == "reference" else FRACTIONS
+    budget = int(task.budget * budget_scale)
 
     def on_iteration(agent_: Any, metrics: dict[str, float]) -> None:
         rollout = agent_.last_rollout
         metrics.update(evaluation.gold_metrics(task, rollout.prompts, rollout.responses))
 
     for fraction in fractions:
-        remaining = int(fraction * task.budget) - agent.num_timesteps
+        remaining = int(fraction * budget) - agent.num_timesteps
         if remaining > 0:
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             agent.learn(remaining, callback=on_iteration)
@@ -84,7 +87,7 @@ def run_one(task_name: str, agent_name: str, seed: int, eval_episodes: int, thre
         "task": task_name,
         "agent": agent_name,
         "seed": seed,
-        "budget": task.budget,
+        "budget": budget,
         "eval_episodes": eval_episodes,
         "points": points,
         "final": points[-1],
@@ -105,7 +108,7 @@ def _run_file(out: Path, task: str, agent: str, seed: int) -> Path:
 
 def child(args: argparse.Namespace) -> None:
     task, agent, seed = args.run[0], args.run[1], int(args.run[2])
-    result = run_one(task, agent, seed, args.eval_episodes, args.threads)
+    result = run_one(task, agent, seed, args.eval_episodes, args.threads, args.budget_scale)
     path = _run_file(args.out, task, agent, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -172,7 +175,7 @@ def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ]
         progress = [e.get("progress_at_20") for e in agents.values()]
         report[task_name] = {
-            "budget": task.budget,
+            "budget": max(r["budget"] for r in runs if r["task"] == task_name),
             "best_gold": task.best_gold,
             "reference": reference["final"] if reference else None,
             "agents": agents,
@@ -327,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/suite"), help="results folder")
     parser.add_argument("--report-only", action="store_true", help="only redo the report from the run files")
+    parser.add_argument(
+        "--budget-scale", type=float, default=1.0, help="multiply every task's budget (for a quick smoke run)"
+    )
     parser.add_argument("--run", nargs=3, metavar=("TASK", "AGENT", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run:
@@ -347,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
             log = args.out / "logs" / f"{task}-{agent}-s{seed}.log"
             command = [sys.executable, __file__, "--run", task, agent, str(seed), "--out", str(args.out)]
             command += ["--eval-episodes", str(args.eval_episodes), "--threads", str(args.threads)]
+            command += ["--budget-scale", str(args.budget_scale)]
             with log.open("w") as handle:
                 return subprocess.run(
                     command, stdout=handle, stderr=subprocess.STDOUT, check=False

@@ -75,6 +75,19 @@ def test_classifier_inputs_modes(rm_tokenizer):
         ClassifierReward(model, rm_tokenizer, inputs="both")
 
 
+def test_classifier_reads_at_most_its_position_limit(rm_tokenizer):
+    model = toy.toy_classifier(rm_tokenizer, seed=3, initializer_range=0.5, n_positions=8)
+    long = " the food was very good and the staff were rude and the room was dirty ."  # 16 tokens
+    reward = ClassifierReward(model, rm_tokenizer)  # would index past its 8 positions without the cut
+    assert reward.max_length == 8
+    first_eight = rm_tokenizer.decode(rm_tokenizer(long)["input_ids"][:8])
+    np.testing.assert_allclose(
+        compute_scores(reward, [""], [long]), _direct_scores(model, rm_tokenizer, [first_eight]), rtol=1e-5
+    )
+    assert ClassifierReward(model, rm_tokenizer, max_length=100).max_length == 8  # cut to what it can read
+    assert ClassifierReward(model, rm_tokenizer, max_length=5).max_length == 5
+
+
 def test_classifier_without_pad_token_scores_each_text_alone(rm_tokenizer):
     tokenizer = toy.toy_tokenizer(RM_WORDS, pad_token=False)
     model = toy.toy_classifier(tokenizer, seed=3, initializer_range=0.5)

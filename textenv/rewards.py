@@ -80,6 +80,16 @@ def _label_index(id2label: dict[int, str], label: str | int) -> int:
     raise ValueError(f"label {label!r} is not among the model's labels {sorted(id2label.values())}")
 
 
+def _position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The most tokens ``model`` can read: its config's position limit and its tokenizer's
+    ``model_max_length`` (tokenizers without a limit report a huge number), whichever is smaller."""
+    config = model.config.get_text_config()
+    limits = [getattr(config, name, None) for name in ("n_positions", "max_position_embeddings")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(usable) if usable else None
+
+
 class ClassifierReward:
     """A transformers sequence classifier as a reward model.
 
@@ -93,7 +103,9 @@ class ClassifierReward:
             ``"response"`` alone, or ``"pair"`` (prompt and response as a text pair).
         batch_size: texts per forward pass (1 when the model's config has no ``pad_token_id``, which
             GPT-2-style classifiers need to find the last token of a padded text).
-        max_length: truncate inputs to this many tokens (default: no truncation).
+        max_length: truncate inputs to this many tokens (default: the most the classifier can read, the
+            smaller of its config's position limit and its tokenizer's ``model_max_length``; a larger value
+            is cut to that limit). Text past it is not read, as with any truncation.
         device: where to run (default: where the model already is; CPU for a loaded one).
         trust_remote_code: passed to ``from_pretrained``; off unless you turn it on.
     """
@@ -140,7 +152,10 @@ class ClassifierReward:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        self.max_length = max_length
+        limit = _position_limit(classifier, self.tokenizer)
+        self.max_length = (
+            limit if max_length is None else max_length if limit is None else min(max_length, limit)
+        )
         config = classifier.config
         num_labels = int(config.num_labels or 1)
         if num_labels == 1:

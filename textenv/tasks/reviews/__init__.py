@@ -48,7 +48,7 @@ TASK = Task(
     success="a grammatical review whose gold sentiment is > 0",
     reward="reward_model",
     env_defaults=ENV_DEFAULTS,
-    budget=150_000,
+    budget=120_000,
     columns=(
         ("gold_sentiment", "gold sentiment", "{:+.3f}"),
         ("grammatical_rate", "grammatical", "{:.1%}"),

@@ -161,7 +161,7 @@ TASK = Task(
     success="the walk passes the treasure cell (11 steps due north) during the response",
     reward=treasure_reward,
     env_defaults={"max_new_tokens": 20, "max_prompt_tokens": 4},
-    budget=300_000,
+    budget=240_000,
     columns=(
         ("valid_rate", "walks", "{:.1%}"),
         ("mean_closest", "closest", "{:.2f}"),
