@@ -7,7 +7,7 @@ env charged. With a small beta the policy drifts far from the reference: the pro
 gold rises and then falls (Gao et al., 2023, "Scaling laws for reward model overoptimization"). A larger
 beta stops it before the turn-over.
 
-    python benchmarks/overoptimisation.py                         # betas 0.01 0.05 0.3, 300k tokens each
+    python benchmarks/overoptimisation.py                         # betas 0.01 0.05 0.3, 150k tokens each
     python benchmarks/overoptimisation.py --betas 0.02 --timesteps 200000 --seeds 0 1
     python benchmarks/overoptimisation.py --from-json benchmarks/results/overoptimisation.json
 
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.05, 0.3])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--timesteps", type=int, default=300_000, help="response tokens per run")
+    parser.add_argument("--timesteps", type=int, default=150_000, help="response tokens per run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smooth", type=int, default=5, help="iterations of the moving average")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))

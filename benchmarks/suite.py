@@ -129,7 +129,22 @@ def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, fl
 
 
 def load_runs(out: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / "runs").glob("*.json"))]
+    """Every finished run under ``out/runs``, in the registry's order of tasks, then agents, then seeds."""
+    from textenv import tasks
+
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in (out / "runs").glob("*.json")]
+    task_order = {name: i for i, name in enumerate(tasks.names())}
+    agent_order = {name: i for i, name in enumerate(("reference", *AGENTS))}
+    return sorted(
+        runs,
+        key=lambda r: (
+            task_order.get(r["task"], len(task_order)),
+            r["task"],
+            agent_order.get(r["agent"], len(agent_order)),
+            r["agent"],
+            r["seed"],
+        ),
+    )
 
 
 def analyse(runs: list[dict[str, Any]]) -> dict[str, Any]:
