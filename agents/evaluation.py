@@ -65,7 +65,7 @@ def make_eval_env(agent: Agent, num_envs: int = 256, task: str | Task | None = N
         max_new_tokens=engine.max_new_tokens,
         max_prompt_tokens=engine.max_prompt_tokens,
         temperature=engine.temperature,
-        kl_estimator=engine.kl_estimator_name,
+        kl_estimator=engine.config.kl_estimator,
         kl_coef=engine.kl_coef,
         kl_target=None,
     )

@@ -7,10 +7,9 @@ KL, reward, beta) lives here, once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from gymnasium import spaces
 from gymnasium.error import InvalidAction
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from textenv.config import EnvConfig, EnvConstants, KLPlacement, check_float, check_int
 from textenv.kl import AdaptiveKLController, get_estimator
 from textenv.models import (
     evaluating,
@@ -28,11 +28,10 @@ from textenv.models import (
     output_vocab_size,
     tokenizer_source,
 )
-from textenv.prompts import Prompt, PromptSource, PromptSpec
+from textenv.prompts import Prompt, PromptSource
 from textenv.rewards import RewardModel, as_reward_model, compute_scores
 from textenv.scoring import IncrementalLogprobs, response_logprobs
 
-KLPlacement = Literal["terminal", "per_token"]
 REWARD_FORM = "score - kl_coef * kl"
 POLICY_FREE_REWARD_FORM = "score + kl_coef * sum(ref_logprobs)"
 
@@ -62,10 +61,6 @@ class StepResult:
     token_kl: np.ndarray | None  # (n,) per_token placement only: k(lp_t, lr_t)
 
 
-def _is_model_spec(spec: Any) -> bool:
-    return isinstance(spec, PreTrainedModel | str | os.PathLike)
-
-
 class RLHFEngine:
     """State and scoring of ``num_slots`` token-generation episodes; see ``TextRLHFEnv`` for arguments.
 
@@ -73,56 +68,29 @@ class RLHFEngine:
     (:func:`textenv.tasks.fill_env_arguments`) before they build it.
     """
 
-    def __init__(
-        self,
-        num_slots: int = 1,
-        *,
-        policy: Any,
-        reference: Any = None,
-        tokenizer: Any = None,
-        reward_model: Any = None,
-        prompts: PromptSpec | None = None,
-        max_new_tokens: int | None = None,
-        max_prompt_tokens: int | None = None,
-        temperature: float = 1.0,
-        kl_coef: float = 0.2,
-        kl_estimator: str = "k1",
-        kl_placement: KLPlacement = "terminal",
-        kl_target: float | None = None,
-        kl_horizon: float = 10_000,
-        device: str | torch.device | None = None,
-        truncate_prompts: bool = False,
-        reward_label: str | int | None = None,
-        trust_remote_code: bool = False,
-    ):
-        if num_slots < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_slots}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if kl_placement not in ("terminal", "per_token"):
-            raise ValueError(f"kl_placement must be 'terminal' or 'per_token', got {kl_placement!r}")
-        max_new_tokens = 32 if max_new_tokens is None else max_new_tokens
-        max_prompt_tokens = 64 if max_prompt_tokens is None else max_prompt_tokens
-        if max_new_tokens < 1 or max_prompt_tokens < 1:
-            raise ValueError(
-                f"max_new_tokens and max_prompt_tokens must be >= 1, got {max_new_tokens} and "
-                f"{max_prompt_tokens}"
-            )
-        if policy is None and reference is None:
+    def __init__(self, config: EnvConfig, num_slots: int = 1):
+        """Build the models and the state of ``num_slots`` slots from a resolved ``config``
+        (:meth:`EnvConfig.resolved`: a task's defaults filled in)."""
+        check_int("num_envs", num_slots, minimum=1)
+        if config.policy is None and config.reference is None:
             raise ValueError("policy=None needs a reference model: pass reference=...")
-        if reward_model is None:
+        if config.reward_model is None:
             raise ValueError("pass reward_model= (a callable, a classifier, a pipeline or a path)")
-        if prompts is None:
+        if config.prompts is None:
             raise ValueError("pass prompts= (a list of strings or a callable (np_random) -> str)")
-
+        assert config.max_new_tokens is not None and config.max_prompt_tokens is not None, "resolve first"
+        self.config = config
+        policy, reference, tokenizer = config.policy, config.reference, config.tokenizer
+        max_new_tokens, max_prompt_tokens = config.max_new_tokens, config.max_prompt_tokens
+        kl_placement, device = config.kl_placement, config.device
+        trust_remote_code = config.trust_remote_code
         self.num_slots = num_slots
         self.max_new_tokens = max_new_tokens
         self.max_prompt_tokens = max_prompt_tokens
-        self.temperature = float(temperature)
-        self.kl_estimator_name = kl_estimator
-        self.kl_estimator = get_estimator(kl_estimator)
+        self.temperature = config.temperature
+        self.kl_estimator = get_estimator(config.kl_estimator)
         self.kl_placement: KLPlacement = kl_placement
-        self.kl_ctl = AdaptiveKLController(kl_coef, kl_target, kl_horizon)
+        self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
 
         # models: the policy is shared with the agent (never copied); the reference is frozen
         first = policy if policy is not None else reference
@@ -161,14 +129,17 @@ class RLHFEngine:
         self.pad_token_id = int(pad) if pad is not None and 0 <= pad < self.vocab_size else 0
 
         self.reward_model: RewardModel = as_reward_model(
-            reward_model, label=reward_label, device=self.device, trust_remote_code=trust_remote_code
+            config.reward_model,
+            label=config.reward_label,
+            device=self.device,
+            trust_remote_code=trust_remote_code,
         )
         self.prompt_source = PromptSource(
-            prompts,
+            config.prompts,
             self.tokenizer,
             max_prompt_tokens=max_prompt_tokens,
             vocab_size=self.vocab_size,
-            truncate=truncate_prompts,
+            truncate=config.truncate_prompts,
         )
 
         width = max_prompt_tokens + max_new_tokens
@@ -210,13 +181,23 @@ class RLHFEngine:
 
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
-        if value < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {value}")
-        self.kl_ctl.value = float(value)
+        self.kl_ctl.value = check_float("kl_coef", value, minimum=0.0)  # type: ignore[assignment]
+
+    def constants(self, num_envs: int) -> EnvConstants:
+        """What an agent needs to know about the episodes (see :class:`textenv.config.EnvConstants`)."""
+        return EnvConstants(
+            num_envs=num_envs,
+            prompt_width=self.max_prompt_tokens,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            vocab_size=self.vocab_size,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+        )
 
     # ------------------------------------------------------------------ prompts and reset
-    def encode_prompt(self, text: str) -> Prompt:
-        return self.prompt_source.encode(text)
+    def encode_prompt(self, text: str, where: str = "options['prompt']") -> Prompt:
+        return self.prompt_source.encode(text, where=where)
 
     def draw_prompt(self, rng: np.random.Generator) -> Prompt:
         return self.prompt_source.draw(rng)
@@ -420,3 +401,54 @@ def slot_info(result: StepResult, i: int) -> dict[str, Any]:
             reward_form=REWARD_FORM if done.kl is not None else POLICY_FREE_REWARD_FORM,
         )
     return info
+
+
+class EngineEnv:
+    """What both env classes share: the engine built from their settings, and its parts by name."""
+
+    engine: RLHFEngine
+    task: str | None
+    render_mode: str | None
+
+    def _build_engine(self, config: EnvConfig | None, settings: dict[str, Any], num_slots: int) -> None:
+        """Check the settings, fill in the task's, then build the engine (models load last)."""
+        given = EnvConfig.from_kwargs(config, **settings)
+        resolved = given.resolved()
+        self.render_mode = resolved.render_mode
+        self.task = resolved.task
+        self.engine = RLHFEngine(resolved, num_slots)
+
+    @property
+    def config(self) -> EnvConfig:
+        """The settings this env was made with, the task's defaults filled in."""
+        return self.engine.config
+
+    @property
+    def constants(self) -> EnvConstants:
+        """Token layout, temperature and special tokens, for agents (see :class:`EnvConstants`)."""
+        return self.engine.constants(self.engine.num_slots)
+
+    @property
+    def policy(self) -> Any:
+        return self.engine.policy
+
+    @property
+    def reference(self) -> Any:
+        return self.engine.reference
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def reward_model(self) -> Any:
+        return self.engine.reward_model
+
+    @property
+    def kl_coef(self) -> float:
+        """beta: read it, or set it (a finite number >= 0)."""
+        return self.engine.kl_coef
+
+    @kl_coef.setter
+    def kl_coef(self, value: float) -> None:
+        self.engine.kl_coef = value

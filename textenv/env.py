@@ -6,15 +6,13 @@ from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium.error import ResetNeeded
 
-from textenv.engine import KLPlacement, RLHFEngine, slot_info
-from textenv.prompts import PromptSpec
-from textenv.tasks import UNSET, fill_env_arguments
+from textenv.config import RENDER_MODES, EnvConfig, check_options, check_seed
+from textenv.engine import EngineEnv, slot_info
 
 
-class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
+class TextRLHFEnv(EngineEnv, gym.Env[dict[str, np.ndarray], Any]):
     """
     ## Description
 
@@ -128,105 +126,36 @@ class TextRLHFEnv(gym.Env[dict[str, np.ndarray], Any]):
     * v0: initial version.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}  # noqa: RUF012  (Gymnasium's convention)
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}  # noqa: RUF012  (Gymnasium's convention)
 
-    def __init__(
-        self,
-        policy: Any = UNSET,
-        reference: Any = None,
-        tokenizer: Any = None,
-        reward_model: Any = None,
-        prompts: PromptSpec | None = None,
-        max_new_tokens: int | None = None,
-        max_prompt_tokens: int | None = None,
-        temperature: float = 1.0,
-        kl_coef: float = 0.2,
-        kl_estimator: str = "k1",
-        kl_placement: KLPlacement = "terminal",
-        kl_target: float | None = None,
-        kl_horizon: float = 10_000,
-        device: str | torch.device | None = None,
-        render_mode: str | None = None,
-        truncate_prompts: bool = False,
-        reward_label: str | int | None = None,
-        trust_remote_code: bool = False,
-        task: str | None = None,
-    ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
-        self.render_mode = render_mode
-        self.task, given = fill_env_arguments(
-            task,
-            {
-                "policy": policy,
-                "reference": reference,
-                "tokenizer": tokenizer,
-                "reward_model": reward_model,
-                "prompts": prompts,
-                "max_new_tokens": max_new_tokens,
-                "max_prompt_tokens": max_prompt_tokens,
-            },
-        )
-        self.engine = RLHFEngine(
-            1,
-            policy=given["policy"],
-            reference=given["reference"],
-            tokenizer=given["tokenizer"],
-            reward_model=given["reward_model"],
-            prompts=given["prompts"],
-            max_new_tokens=given["max_new_tokens"],
-            max_prompt_tokens=given["max_prompt_tokens"],
-            temperature=temperature,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-            kl_placement=kl_placement,
-            kl_target=kl_target,
-            kl_horizon=kl_horizon,
-            device=device,
-            truncate_prompts=truncate_prompts,
-            reward_label=reward_label,
-            trust_remote_code=trust_remote_code,
-        )
+    def __init__(self, config: EnvConfig | None = None, **settings: Any):
+        self._build_engine(config, settings, num_slots=1)
         self.observation_space = self.engine.observation_space  # type: ignore[assignment]
         self.action_space = self.engine.action_space
         self._slot = np.zeros(1, dtype=np.int64)
         self._needs_reset = True
 
-    # the models and beta, as DESIGN.md names them
-    @property
-    def policy(self) -> Any:
-        return self.engine.policy
-
-    @property
-    def reference(self) -> Any:
-        return self.engine.reference
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
-
-    @property
-    def reward_model(self) -> Any:
-        return self.engine.reward_model
-
-    @property
-    def kl_coef(self) -> float:
-        return self.engine.kl_coef
-
-    @kl_coef.setter
-    def kl_coef(self, value: float) -> None:
-        self.engine.kl_coef = value
-
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Start an episode; ``options={"prompt": text}`` fixes its prompt instead of drawing one."""
-        if options and options.get("prompt") is not None:
-            prompt = self.engine.encode_prompt(options["prompt"])  # may raise: nothing changed yet
+        """Start an episode; ``options={"prompt": text}`` fixes its prompt instead of drawing one.
+
+        Everything is checked before anything changes: a bad seed, option or prompt leaves the env (its
+        episode and its random generator) as it was.
+        """
+        seed = check_seed("seed", seed)
+        text = check_options(options, ("prompt",)).get("prompt")
+        if text is not None:
+            prompt = self.engine.encode_prompt(text)  # may raise: nothing changed yet
             super().reset(seed=seed)
         else:
+            saved = self._np_random, self._np_random_seed
             super().reset(seed=seed)
-            prompt = self.engine.draw_prompt(self.np_random)
+            try:
+                prompt = self.engine.draw_prompt(self.np_random)
+            except BaseException:
+                self._np_random, self._np_random_seed = saved  # a failing prompt callable changes nothing
+                raise
         self.engine.reset(self._slot, [prompt])
         self._needs_reset = False
         obs = self.engine.observation(0)

@@ -53,15 +53,11 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef: float, target: float | None = None, horizon: float = 10_000):
-        if init_kl_coef < 0:
-            raise ValueError(f"kl_coef must be >= 0, got {init_kl_coef}")
-        if target is not None and target <= 0:
-            raise ValueError(f"kl_target must be > 0 (or None for a fixed beta), got {target}")
-        if horizon <= 0:
-            raise ValueError(f"kl_horizon must be > 0, got {horizon}")
-        self.value = float(init_kl_coef)
-        self.target = None if target is None else float(target)
-        self.horizon = float(horizon)
+        from textenv.config import check_float
+
+        self.value: float = check_float("kl_coef", init_kl_coef, minimum=0.0)  # type: ignore[assignment]
+        self.target = check_float("kl_target", target, above=0.0, optional=True)
+        self.horizon: float = check_float("kl_horizon", horizon, above=0.0)  # type: ignore[assignment]
 
     @property
     def adaptive(self) -> bool:

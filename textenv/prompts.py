@@ -11,6 +11,19 @@ from transformers import PreTrainedTokenizerBase
 PromptSpec = Sequence[str] | Callable[[np.random.Generator], str]
 
 
+def check_text(text: object, where: str) -> str:
+    """``text`` if it is a string that UTF-8 can encode (a lone surrogate cannot), else a named error."""
+    if not isinstance(text, str):
+        raise TypeError(f"{where} must be a string, got {type(text).__name__} {text!r:.80}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} {text!r:.80} is not valid Unicode text: {error.reason} at character {error.start}"
+        ) from None
+    return text
+
+
 @dataclass(frozen=True)
 class Prompt:
     """A tokenised prompt. ``truncated`` says the text was cut to ``max_prompt_tokens`` (left side)."""
@@ -53,18 +66,15 @@ class PromptSource:
             if not texts:
                 raise ValueError("prompts is an empty list; give at least one prompt")
             for i, text in enumerate(texts):
-                if not isinstance(text, str):
-                    raise TypeError(f"prompts[{i}] is {type(text).__name__}, not str")
+                check_text(text, f"prompts[{i}]")
             ids = tokenizer(texts)["input_ids"] if texts else []
             self._fixed = [
                 self._checked(t, tokens, where=f"prompts[{i}]")
                 for i, (t, tokens) in enumerate(zip(texts, ids, strict=True))
             ]
 
-    def __len__(self) -> int:
-        return len(self._fixed)
-
     def _checked(self, text: str, tokens: Sequence[int], where: str) -> Prompt:
+        """``text`` tokenised as ``tokens``: checked against the vocabulary and the width."""
         ids = np.asarray(tokens, dtype=np.int64)
         if ids.size == 0:
             raise ValueError(
@@ -88,8 +98,7 @@ class PromptSource:
 
     def encode(self, text: str, where: str = "prompt") -> Prompt:
         """Tokenise and check one prompt text."""
-        if not isinstance(text, str):
-            raise TypeError(f"{where} must be str, got {type(text).__name__}")
+        check_text(text, where)
         return self._checked(text, self.tokenizer(text)["input_ids"], where)
 
     def draw(self, rng: np.random.Generator) -> Prompt:

@@ -6,15 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from gymnasium.error import ResetNeeded
 from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from textenv.engine import KLPlacement, RLHFEngine, slot_info
-from textenv.prompts import Prompt, PromptSpec
-from textenv.tasks import UNSET, fill_env_arguments
+from textenv.config import RENDER_MODES, EnvConfig, check_int, check_options, check_prompts, check_seed
+from textenv.engine import EngineEnv, slot_info
+from textenv.prompts import Prompt
 
 
 def merge_infos(per_slot: Sequence[tuple[int, dict[str, Any]]], num_envs: int) -> dict[str, Any]:
@@ -39,7 +38,7 @@ def merge_infos(per_slot: Sequence[tuple[int, dict[str, Any]]], num_envs: int) -
     return infos
 
 
-class TextRLHFVectorEnv(VectorEnv):
+class TextRLHFVectorEnv(EngineEnv, VectorEnv):
     """``num_envs`` episodes of :class:`~textenv.env.TextRLHFEnv`, stepped together.
 
     Every step makes at most one batched forward pass per model: the teacher-forced scoring of all the
@@ -62,68 +61,13 @@ class TextRLHFVectorEnv(VectorEnv):
     """
 
     metadata: dict[str, Any] = {  # noqa: RUF012  (Gymnasium's convention: a class attribute)
-        "render_modes": ["ansi"],
+        "render_modes": list(RENDER_MODES),
         "autoreset_mode": AutoresetMode.NEXT_STEP,
     }
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        policy: Any = UNSET,
-        reference: Any = None,
-        tokenizer: Any = None,
-        reward_model: Any = None,
-        prompts: PromptSpec | None = None,
-        max_new_tokens: int | None = None,
-        max_prompt_tokens: int | None = None,
-        temperature: float = 1.0,
-        kl_coef: float = 0.2,
-        kl_estimator: str = "k1",
-        kl_placement: KLPlacement = "terminal",
-        kl_target: float | None = None,
-        kl_horizon: float = 10_000,
-        device: str | torch.device | None = None,
-        render_mode: str | None = None,
-        truncate_prompts: bool = False,
-        reward_label: str | int | None = None,
-        trust_remote_code: bool = False,
-        task: str | None = None,
-    ):
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}")
-        self.render_mode = render_mode
-        self.task, given = fill_env_arguments(
-            task,
-            {
-                "policy": policy,
-                "reference": reference,
-                "tokenizer": tokenizer,
-                "reward_model": reward_model,
-                "prompts": prompts,
-                "max_new_tokens": max_new_tokens,
-                "max_prompt_tokens": max_prompt_tokens,
-            },
-        )
-        self.engine = RLHFEngine(
-            num_envs,
-            policy=given["policy"],
-            reference=given["reference"],
-            tokenizer=given["tokenizer"],
-            reward_model=given["reward_model"],
-            prompts=given["prompts"],
-            max_new_tokens=given["max_new_tokens"],
-            max_prompt_tokens=given["max_prompt_tokens"],
-            temperature=temperature,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-            kl_placement=kl_placement,
-            kl_target=kl_target,
-            kl_horizon=kl_horizon,
-            device=device,
-            truncate_prompts=truncate_prompts,
-            reward_label=reward_label,
-            trust_remote_code=trust_remote_code,
-        )
+    def __init__(self, num_envs: int = 1, config: EnvConfig | None = None, **settings: Any):
+        num_envs = check_int("num_envs", num_envs, minimum=1)  # type: ignore[assignment]
+        self._build_engine(config, settings, num_slots=num_envs)
         self.num_envs = num_envs
         self.single_observation_space = self.engine.observation_space
         self.single_action_space = self.engine.action_space
@@ -132,30 +76,6 @@ class TextRLHFVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._autoreset = np.zeros(num_envs, dtype=bool)
         self._started = False
-
-    @property
-    def policy(self) -> Any:
-        return self.engine.policy
-
-    @property
-    def reference(self) -> Any:
-        return self.engine.reference
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.engine.tokenizer
-
-    @property
-    def reward_model(self) -> Any:
-        return self.engine.reward_model
-
-    @property
-    def kl_coef(self) -> float:
-        return self.engine.kl_coef
-
-    @kl_coef.setter
-    def kl_coef(self, value: float) -> None:
-        self.engine.kl_coef = value
 
     @property  # type: ignore[misc]
     def np_random(self) -> tuple[np.random.Generator | None, ...]:  # type: ignore[override]
@@ -169,51 +89,71 @@ class TextRLHFVectorEnv(VectorEnv):
             self._rngs[slot] = rng
         return rng
 
+    def _seeds(self, seed: Any) -> list[int | None]:
+        n = self.num_envs
+        if seed is None:
+            return [None] * n
+        if isinstance(seed, Sequence | np.ndarray) and not isinstance(seed, str | bytes):
+            if len(seed) != n:
+                raise ValueError(f"seed has {len(seed)} entries for {n} sub-environments")
+            return [check_seed(f"seed[{i}]", s) for i, s in enumerate(seed)]
+        first = check_seed("seed", seed)
+        assert first is not None
+        return [first + i for i in range(n)]
+
     def reset(
         self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        options = dict(options or {})
+        """Start new episodes (see the class docstring for ``options``).
+
+        Everything is checked before anything changes: a bad seed, option or prompt leaves every
+        sub-environment (its episode and its random generator) as it was.
+        """
         n = self.num_envs
-        if seed is None:
-            seeds: list[int | None] = [None] * n
-        elif isinstance(seed, int | np.integer):
-            seeds = [int(seed) + i for i in range(n)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != n:
-                raise ValueError(f"got {len(seeds)} seeds for {n} sub-environments")
+        seeds = self._seeds(seed)
+        options = check_options(options, ("prompt", "prompts", "reset_mask", "group_size"))
         mask = options.get("reset_mask")
         if mask is None:
             slots = np.arange(n)
         else:
             mask = np.asarray(mask)
             if mask.dtype != np.bool_ or mask.shape != (n,) or not mask.any():
-                raise ValueError(f"reset_mask must be a bool array of shape ({n},) with a True entry")
+                raise ValueError(
+                    f"options['reset_mask'] must be a bool array of shape ({n},) with a True entry, got "
+                    f"{options['reset_mask']!r:.80}"
+                )
             if not self._started:
                 raise ResetNeeded("the first reset must reset every sub-environment (no reset_mask)")
             slots = np.flatnonzero(mask)
-        group = options.get("group_size", 1)
-        if not isinstance(group, int | np.integer) or group < 1 or n % group:
-            raise ValueError(f"group_size must be a positive divisor of num_envs={n}, got {group!r}")
+        group = check_int("options['group_size']", options.get("group_size", 1), minimum=1)
+        assert group is not None
+        if n % group:
+            raise ValueError(f"options['group_size'] must divide num_envs={n}, got {group}")
         if group > 1 and (mask is not None or options.get("prompts") is not None or options.get("prompt")):
             raise ValueError("group_size cannot be combined with reset_mask, prompt or prompts")
         texts: list[str | None] = [None] * n
         if options.get("prompts") is not None:
-            texts = list(options["prompts"])
+            texts = list(check_prompts("options['prompts']", options["prompts"], allow_callable=False))
             if len(texts) != n:
                 raise ValueError(f"options['prompts'] has {len(texts)} prompts for {n} sub-environments")
         elif options.get("prompt") is not None:
             texts = [options["prompt"]] * n
-        # check given prompts before anything changes
-        given = {s: self.engine.encode_prompt(t) for s in slots.tolist() if (t := texts[s]) is not None}
-        prompts: list[Prompt] = []
-        for s in slots.tolist():
-            if seeds[s] is not None:
-                self._rngs[s], _ = seeding.np_random(seeds[s])
-            if s % group:  # a group's other slots take its first slot's prompt
-                prompts.append(prompts[-1])
-            else:
-                prompts.append(given[s] if s in given else self.engine.draw_prompt(self._rng(s)))
+        label = "options['prompts'][{}]" if options.get("prompts") is not None else "options['prompt']"
+        given = {
+            s: self.engine.encode_prompt(t, where=label.format(s))
+            for s in slots.tolist()
+            if (t := texts[s]) is not None
+        }
+        # draw the other prompts; a prompt callable that fails puts every generator back
+        saved = [(rng, {} if rng is None else rng.bit_generator.state) for rng in self._rngs]
+        try:
+            prompts = self._draw(slots, seeds, group, given)
+        except BaseException:
+            for s, (rng, state) in enumerate(saved):
+                self._rngs[s] = rng
+                if rng is not None:
+                    rng.bit_generator.state = state
+            raise
         self.engine.reset(slots, prompts)
         self._autoreset[slots] = False
         self._started = True
@@ -225,6 +165,19 @@ class TextRLHFVectorEnv(VectorEnv):
             n,
         )
         return self.engine.observation(slice(None)), infos
+
+    def _draw(
+        self, slots: np.ndarray, seeds: list[int | None], group: int, given: dict[int, Prompt]
+    ) -> list[Prompt]:
+        prompts: list[Prompt] = []
+        for s in slots.tolist():
+            if seeds[s] is not None:
+                self._rngs[s], _ = seeding.np_random(seeds[s])
+            if s % group:  # a group's other slots take its first slot's prompt
+                prompts.append(prompts[-1])
+            else:
+                prompts.append(given[s] if s in given else self.engine.draw_prompt(self._rng(s)))
+        return prompts
 
     def step(
         self, actions: Any
