@@ -29,8 +29,9 @@ from transformers import AutoModelForCausalLM
 
 from agents.core import sample_tokens
 from agents.policy import ActorCritic, Critic
-from agents.rollout import Exploration, Rollout, collect, env_constants
+from agents.rollout import Exploration, Rollout, collect, constants_of
 from textenv.models import evaluating
+from textenv.scoring import position_ids
 
 #: Settings of the env an agent makes for itself from an id (lm-human-preferences' adaptive KL).
 DEFAULT_ENV_KWARGS: dict[str, Any] = {"kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 10_000}
@@ -82,7 +83,6 @@ class Agent:
     """Base class: build with ``Agent(env, seed=0, **config)``; see PPO, REINFORCE, EpsilonGreedyPPO."""
 
     Config: ClassVar[type[AgentConfig]] = AgentConfig
-    critic: ClassVar[Critic] = "shared"
 
     def __init__(self, env: gym.vector.VectorEnv | str, seed: int = 0, **config: Any):
         names = {f.name for f in fields(self.Config)}
@@ -103,8 +103,9 @@ class Agent:
         else:
             self.config.num_envs = int(getattr(env, "num_envs", self.config.num_envs))
         self.env = env
-        self.constants = env_constants(env)
-        self.model = ActorCritic(env.unwrapped.policy, critic=self.critic_kind())  # type: ignore[attr-defined]
+        self.constants = constants_of(env)
+        critic: Critic = getattr(self.config, "critic", "none")  # agents with a value function configure it
+        self.model = ActorCritic(env.unwrapped.policy, critic=critic)  # type: ignore[attr-defined]
         self.device = next(self.model.policy.parameters()).device
         self.optimizer = torch.optim.Adam(
             self.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps
@@ -118,9 +119,6 @@ class Agent:
         self.last_rollout: Rollout | None = None  # what the latest iteration trained on (for callbacks)
 
     # ------------------------------------------------------------------ pieces the agents fill in
-    def critic_kind(self) -> Critic:
-        return self.critic
-
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
@@ -225,15 +223,15 @@ class Agent:
         single = ids.dim() == 1
         width = ids.shape[-1]
         ids, mask = ids.reshape(-1, width).to(self.device), mask.reshape(-1, width).to(self.device)  # (B, L)
-        P = self.constants["prompt_width"]
+        P = self.constants.prompt_width
         last = P - 1 + mask[:, P:].sum(-1)  # column of the latest token, whose logits predict the next
         with evaluating(self.model.policy):
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = position_ids(mask)
             logits = self.model.policy(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         logits = logits[torch.arange(ids.shape[0], device=self.device), last].float()  # (B, V)
         actions = sample_tokens(
             logits,
-            temperature=0.0 if deterministic else self.constants["temperature"],
+            temperature=0.0 if deterministic else self.constants.temperature,
             top_k=self.config.top_k,
             top_p=self.config.top_p,
             generator=self.generator,

@@ -6,6 +6,8 @@ Token tensors are (B, T): B episodes, T = ``max_new_tokens`` columns, response t
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -120,3 +122,12 @@ def sample_tokens(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
     return categorical(probs, generator)
+
+
+def log_mixture(logprobs: torch.Tensor, explore_probs: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """``log((1 - eps) * exp(logprobs) + eps * explore_probs)``, computed stably (any shape): the log-prob
+    of a token under the epsilon-greedy behaviour policy ``mu = (1 - eps) * pi + eps * U``."""
+    if epsilon <= 0:
+        return logprobs
+    explore = torch.log(epsilon * explore_probs.to(logprobs.dtype))  # -inf where U(a) = 0
+    return torch.logaddexp(logprobs + math.log1p(-epsilon), explore)

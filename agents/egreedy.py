@@ -12,7 +12,6 @@ KL estimate is taken off-policy (k1 can then under- or overstate the divergence 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,14 +33,6 @@ class EpsilonGreedyConfig(PPOConfig):
     epsilon_decay_timesteps: int = option(200_000, "timesteps over which epsilon reaches epsilon_final")
     exploration: str = option("uniform", "U: 'uniform' over the vocabulary or 'reference_top_k'")
     exploration_top_k: int = option(10, "k of 'reference_top_k'")
-
-
-def log_mixture(logprobs: torch.Tensor, explore_probs: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``log((1 - eps) * exp(logprobs) + eps * explore_probs)``, computed stably (any shape)."""
-    if epsilon <= 0:
-        return logprobs
-    explore = torch.log(epsilon * explore_probs.to(logprobs.dtype))  # -inf where U(a) = 0
-    return torch.logaddexp(logprobs + math.log1p(-epsilon), explore)
 
 
 @register_agent
@@ -70,7 +61,7 @@ class EpsilonGreedyPPO(PPO):
         return c.epsilon + (c.epsilon_final - c.epsilon) * progress
 
     def exploration(self) -> Exploration:
-        vocab, k = self.constants["vocab_size"], self.config.exploration_top_k
+        vocab, k = self.constants.vocab_size, self.config.exploration_top_k
         if self.config.exploration == "uniform":
             return Exploration(self.epsilon(), lambda lp, ref: torch.full_like(lp, 1.0 / vocab))
 
@@ -81,24 +72,7 @@ class EpsilonGreedyPPO(PPO):
 
         return Exploration(self.epsilon(), reference_top_k, needs_reference=True)
 
-    def collect_rollout(self) -> Rollout:
-        epsilon = self.epsilon()
-        rollout = super().collect_rollout()
-        rollout.extras["epsilon"] = epsilon
-        return rollout
-
-    def old_logprobs(self, rollout: Rollout) -> torch.Tensor:
-        assert rollout.explore_probs is not None
-        return log_mixture(rollout.logprobs, rollout.explore_probs, rollout.extras["epsilon"])
-
-    def behaviour_logprobs(
-        self, logprobs: torch.Tensor, rollout: Rollout, index: torch.Tensor
-    ) -> torch.Tensor:
-        assert rollout.explore_probs is not None
-        explore = rollout.explore_probs.to(logprobs.device)[index]
-        return log_mixture(logprobs, explore, rollout.extras["epsilon"])
-
     def update(self, rollout: Rollout) -> dict[str, float]:
         metrics = super().update(rollout)
-        metrics["charts/epsilon"] = float(rollout.extras["epsilon"])
+        metrics["charts/epsilon"] = rollout.epsilon
         return metrics

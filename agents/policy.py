@@ -57,11 +57,6 @@ class ActorCritic(nn.Module):
             nn.init.zeros_(self.value_head.bias)
             self.value_head.to(next(policy.parameters()).device)
 
-    @property
-    def value_trunk(self) -> PreTrainedModel:
-        """The LM whose last hidden state the value head reads."""
-        return self.policy if self.critic_model is None else self.critic_model
-
     def value(self, hidden: torch.Tensor) -> torch.Tensor:
         """Values of states from their last hidden states (..., H) -> (...); zeros without a critic."""
         if self.value_head is None:

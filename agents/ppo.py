@@ -22,7 +22,6 @@ import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
 from agents.core import gae, masked_mean, masked_var, masked_whiten
-from agents.policy import Critic
 from agents.rollout import Rollout
 
 
@@ -41,6 +40,10 @@ class PPOConfig(AgentConfig):
     target_kl: float | None = option(None, "stop the epochs when policy/approxkl exceeds this (None = never)")
     critic: str = option("shared", "value function: 'shared' (head on the policy's trunk) or 'separate'")
 
+    def __post_init__(self) -> None:
+        if self.critic not in ("shared", "separate"):
+            raise ValueError(f"critic must be 'shared' or 'separate', got {self.critic!r}")
+
 
 @register_agent
 class PPO(Agent):
@@ -49,29 +52,14 @@ class PPO(Agent):
     Config = PPOConfig
     config: PPOConfig
 
-    def critic_kind(self) -> Critic:
-        if self.config.critic not in ("shared", "separate"):
-            raise ValueError(f"critic must be 'shared' or 'separate', got {self.config.critic!r}")
-        return self.config.critic  # type: ignore[return-value]
-
-    def old_logprobs(self, rollout: Rollout) -> torch.Tensor:
-        """Log-probs of the behaviour policy that chose the tokens: here the policy itself (from the env)."""
-        return rollout.logprobs
-
-    def behaviour_logprobs(
-        self, logprobs: torch.Tensor, rollout: Rollout, index: torch.Tensor
-    ) -> torch.Tensor:
-        """The current behaviour policy's log-probs of the rollout's tokens ``index``, from the policy's."""
-        return logprobs
-
     def update(self, rollout: Rollout) -> dict[str, float]:
         c = self.config
         dev = self.device
         rollout = rollout.trimmed()
-        P, temperature = self.constants["prompt_width"], self.constants["temperature"]
+        P, temperature = self.constants.prompt_width, self.constants.temperature
         input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
         mask = rollout.response_mask.to(dev)
-        old_logprobs = self.old_logprobs(rollout).to(dev)
+        old_logprobs = rollout.behaviour_logprobs.to(dev)  # log mu of the policy that drew the tokens
         old_values = rollout.values.to(dev)
         advantages, returns = gae(rollout.rewards.to(dev), old_values, mask, c.gamma, c.lam)
         if c.whiten_advantages:
@@ -92,7 +80,7 @@ class PPO(Agent):
                 new_logprobs, values, entropy = self.model.evaluate(
                     input_ids[index], attention_mask[index], P, temperature
                 )
-                new_logprobs = self.behaviour_logprobs(new_logprobs, rollout, index)
+                new_logprobs = rollout.behaviour(new_logprobs, index)  # log mu_new (pi's own, or mixed)
                 log_ratio = new_logprobs - old_logprobs[index]
                 ratio = log_ratio.exp()
                 adv = advantages[index]

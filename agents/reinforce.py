@@ -54,7 +54,6 @@ class REINFORCE(Agent):
 
     Config = REINFORCEConfig
     config: REINFORCEConfig
-    critic = "none"
 
     def __init__(self, env: Any, seed: int = 0, **config: Any):
         super().__init__(env, seed=seed, **config)
@@ -63,9 +62,9 @@ class REINFORCE(Agent):
             raise ValueError(f"baseline must be one of {BASELINES}, got {c.baseline!r}")
         if c.baseline == "leave_one_out" and c.group_size < 2:
             raise ValueError("the leave_one_out baseline needs group_size >= 2")
-        if self.constants["num_envs"] % self.group_size():
+        if self.constants.num_envs % self.group_size():
             raise ValueError(
-                f"group_size={c.group_size} must divide the number of sub-envs ({self.constants['num_envs']})"
+                f"group_size={c.group_size} must divide the number of sub-envs ({self.constants.num_envs})"
             )
         self.moving_baseline: float | None = None
 
@@ -93,8 +92,8 @@ class REINFORCE(Agent):
         logprobs, _, entropy = self.model.evaluate(
             rollout.input_ids.to(dev),
             rollout.attention_mask.to(dev),
-            self.constants["prompt_width"],
-            self.constants["temperature"],
+            self.constants.prompt_width,
+            self.constants.temperature,
         )
         pg_loss = -masked_mean(advantages[:, None] * logprobs, mask)
         mean_entropy = masked_mean(entropy, mask)

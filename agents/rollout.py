@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.core import categorical, filter_logits
+from agents.core import categorical, filter_logits, log_mixture
 from agents.policy import ActorCritic
+from textenv.config import EnvConstants
 from textenv.models import evaluating
 from textenv.scoring import IncrementalLogprobs
 
@@ -59,10 +60,17 @@ class Rollout:
     kl_coef: float  # beta the env used
     prompts: list[str]
     responses: list[str]
-    steps: int  # vector-env steps the rollout took
-    sampler_logprobs: torch.Tensor | None = None  # (B, T) log pi(a_t|s_t) as the KV-cached sampler saw it
+    behaviour_logprobs: torch.Tensor  # (B, T) log mu(a_t|s_t) of the distribution that drew the token
+    sampler_logprobs: torch.Tensor  # (B, T) log pi(a_t|s_t) as the KV-cached sampler saw it
     explore_probs: torch.Tensor | None = None  # (B, T) U(a_t) under exploration
-    extras: dict[str, Any] = field(default_factory=dict)
+    epsilon: float = 0.0  # the exploration's share of mu (0: mu = pi)
+
+    def behaviour(self, logprobs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """log mu of episodes ``index`` given the policy's log-probs ``logprobs`` of their tokens: the
+        policy's own without exploration, else ``log((1 - eps) pi + eps U)`` with the recorded U."""
+        if self.explore_probs is None:
+            return logprobs
+        return log_mixture(logprobs, self.explore_probs.to(logprobs.device)[index], self.epsilon)
 
     @property
     def num_episodes(self) -> int:
@@ -88,6 +96,7 @@ class Rollout:
                 "ref_logprobs",
                 "values",
                 "rewards",
+                "behaviour_logprobs",
                 "sampler_logprobs",
                 "explore_probs",
             )
@@ -104,29 +113,18 @@ class Rollout:
         return torch.cat([self.query_mask, self.response_mask.long()], dim=1)
 
 
-def env_constants(env: gym.vector.VectorEnv) -> dict[str, Any]:
-    """What the sampler needs to know about a ``TextRLHF-v0`` vector env (read, never changed)."""
-    engine = getattr(env.unwrapped, "engine", None)
-    if engine is None or not isinstance(env, gym.vector.VectorEnv):
+def constants_of(env: gym.vector.VectorEnv) -> EnvConstants:
+    """What the sampler needs to know about a ``TextRLHF-v0`` vector env (``env.unwrapped.constants``)."""
+    constants = getattr(env.unwrapped, "constants", None)
+    if not isinstance(constants, EnvConstants) or not isinstance(env, gym.vector.VectorEnv):
         raise TypeError(
             "the agents train on TextRLHF-v0's vector env: "
             'gymnasium.make_vec("TextRLHF-v0", num_envs=N, vectorization_mode="vector_entry_point"); '
             f"got {type(env.unwrapped).__name__}"
         )
-    if engine.policy is None:
+    if env.unwrapped.policy is None:  # type: ignore[attr-defined]
         raise ValueError("this env was made with policy=None; the agents need the LM policy it scores")
-    eos = engine.eos_token_id
-    filler = engine.pad_token_id if engine.pad_token_id != eos else (eos + 1) % engine.vocab_size
-    return {
-        "num_envs": env.num_envs,
-        "prompt_width": engine.max_prompt_tokens,
-        "max_new_tokens": engine.max_new_tokens,
-        "temperature": engine.temperature,
-        "eos_token_id": eos,
-        "pad_token_id": engine.pad_token_id,
-        "filler_token_id": int(filler),
-        "vocab_size": engine.vocab_size,
-    }
+    return constants
 
 
 def _column(infos: dict[str, Any], key: str, slot: int) -> Any:
@@ -156,8 +154,8 @@ def collect(
     distribution and records ``U(a_t)`` (``reference`` is then the model whose next-token log-probs it
     reads).
     """
-    c = env_constants(env)
-    n, P, T = c["num_envs"], c["prompt_width"], c["max_new_tokens"]
+    c = constants_of(env)
+    n, P, T = c.num_envs, c.prompt_width, c.max_new_tokens
     policy = model.policy
     device = next(policy.parameters()).device
     options = {"group_size": group_size} if group_size > 1 else None
@@ -165,7 +163,7 @@ def collect(
     prompts = [str(p) for p in infos["prompt"]]
 
     def cache(lm: Any, hidden: bool) -> IncrementalLogprobs:
-        return IncrementalLogprobs(lm, n, P, T, c["temperature"], c["pad_token_id"], output_hidden=hidden)
+        return IncrementalLogprobs(lm, n, P, T, c.temperature, c.pad_token_id, output_hidden=hidden)
 
     shared = model.critic == "shared"
     caches = {"policy": cache(policy, shared)}
@@ -176,7 +174,7 @@ def collect(
             raise ValueError("this exploration distribution needs the reference model")
         caches["reference"] = cache(reference, False)
 
-    response_ids = torch.full((n, T), c["pad_token_id"], dtype=torch.long)
+    response_ids = torch.full((n, T), c.pad_token_id, dtype=torch.long)
     response_mask = torch.zeros(n, T)
     values = torch.zeros(n, T)
     rewards = torch.zeros(n, T)
@@ -191,7 +189,6 @@ def collect(
     query_mask = torch.from_numpy(obs["attention_mask"][:, :P].copy())
 
     models = [m for m in (policy, model.critic_model, reference) if m is not None]
-    steps = 0
     with evaluating(*models):
         index = torch.arange(n, device=device)
         for lm_cache in caches.values():
@@ -213,9 +210,8 @@ def collect(
                 actions = categorical(probs, generator)
             sampler_logprobs[:, t] = lp.gather(-1, actions[:, None]).squeeze(-1).float().cpu()
             actions = actions.cpu()
-            actions[torch.from_numpy(~running)] = c["filler_token_id"]
+            actions[torch.from_numpy(~running)] = c.filler_token_id
             obs, step_rewards, terminated, truncated, infos = env.step(actions.numpy())
-            steps += 1
             live = torch.from_numpy(running)
             response_ids[live, t] = actions[live]
             response_mask[live, t] = 1.0
@@ -237,6 +233,8 @@ def collect(
                 lm_cache.advance(go_on, actions.to(device)[go_on])
     if running.any():
         raise RuntimeError(f"{int(running.sum())} episode(s) did not end within max_new_tokens={T} steps")
+    epsilon = 0.0 if exploration is None else exploration.epsilon
+    behaviour = logprobs if explore_probs is None else log_mixture(logprobs, explore_probs, epsilon)
     return Rollout(
         query_ids=query_ids,
         query_mask=query_mask,
@@ -251,7 +249,8 @@ def collect(
         kl_coef=float(betas.mean()),
         prompts=prompts,
         responses=responses,
-        steps=steps,
+        behaviour_logprobs=behaviour * response_mask,
         sampler_logprobs=sampler_logprobs * response_mask,
         explore_probs=explore_probs,
+        epsilon=epsilon,
     )

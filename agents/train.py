@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print(
         f"{type(agent).__name__} on TextRLHF-v0, task {spec.name}: "
         f"{sum(p.numel() for p in policy.parameters()):,}"
-        f"-parameter policy, {agent.constants['num_envs']} episodes per iteration, {timesteps:,} timesteps, "
+        f"-parameter policy, {agent.constants.num_envs} episodes per iteration, {timesteps:,} timesteps, "
         f"run folder {run_dir}"
     )
     if args.resume is None:

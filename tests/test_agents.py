@@ -78,7 +78,7 @@ def test_rollout_matches_a_teacher_forced_pass(make_agent_env, critic):
     assert rollout.num_episodes == 8 and mask.any(-1).all()
     with torch.no_grad():
         logprobs, values, entropy = agent.model.evaluate(
-            rollout.input_ids, rollout.attention_mask, agent.constants["prompt_width"]
+            rollout.input_ids, rollout.attention_mask, agent.constants.prompt_width
         )
     assert values[mask].abs().max() > 1e-4
     torch.testing.assert_close(rollout.logprobs[mask], logprobs[mask], rtol=1e-4, atol=1e-4)
@@ -162,7 +162,7 @@ def test_predict_deterministic_is_the_most_likely_token(make_agent_env):
         logits = agent.model.policy(
             input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
         ).logits
-    P = agent.constants["prompt_width"]
+    P = agent.constants.prompt_width
     expected = logits[:, P].argmax(-1).numpy()  # the column of the first response token predicts the next
     np.testing.assert_array_equal(agent.predict(obs, deterministic=True)[0], expected)
     sampled, _ = agent.predict(obs)
@@ -221,7 +221,7 @@ def test_reference_top_k_exploration_records_u_of_each_token(make_agent_env):
     mask = rollout.response_mask.bool()
     assert rollout.explore_probs is not None
     reference = agent.env.unwrapped.reference
-    P = agent.constants["prompt_width"]
+    P = agent.constants.prompt_width
     ids, attention = rollout.input_ids, rollout.attention_mask
     with torch.no_grad():
         logits = reference(
@@ -234,7 +234,7 @@ def test_reference_top_k_exploration_records_u_of_each_token(make_agent_env):
     assert in_top[mask].any() and (~in_top[mask]).any()  # both cases occur
     # and the stored behaviour log-prob is log((1 - eps) pi + eps U)
     expected_mu = torch.log(0.5 * rollout.logprobs.exp() + 0.5 * expected)
-    torch.testing.assert_close(agent.old_logprobs(rollout)[mask], expected_mu[mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(rollout.behaviour_logprobs[mask], expected_mu[mask], rtol=1e-5, atol=1e-5)
 
 
 def test_ppo_trains_with_per_token_kl(make_agent_env):

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from agents.core import categorical, filter_logits, gae, masked_mean, masked_var, masked_whiten
-from agents.egreedy import log_mixture
+from agents.core import categorical, filter_logits, gae, log_mixture, masked_mean, masked_var, masked_whiten
 from agents.reinforce import leave_one_out_baseline
 
 

@@ -21,6 +21,7 @@ import transformers
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
 from textenv import tasks
+from textenv.scoring import position_ids
 from textenv.tasks import Task
 
 
@@ -30,7 +31,7 @@ def sample_episode(env: gym.Env, writer: torch.nn.Module, seed: int, generator: 
     obs, _ = env.reset(seed=seed)
     ids = torch.from_numpy(obs["input_ids"][None, : engine.max_prompt_tokens])  # (1, P)
     mask = torch.from_numpy(obs["attention_mask"][None, : engine.max_prompt_tokens])
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = position_ids(mask)
     past, reward, terminated = None, 0.0, False
     info: dict[str, Any] = {}
     with torch.no_grad():

@@ -30,7 +30,7 @@ from textenv.models import (
 )
 from textenv.prompts import Prompt, PromptSource
 from textenv.rewards import RewardModel, as_reward_model, compute_scores
-from textenv.scoring import IncrementalLogprobs, response_logprobs
+from textenv.scoring import IncrementalLogprobs, position_ids, response_logprobs
 
 REWARD_FORM = "score - kl_coef * kl"
 POLICY_FREE_REWARD_FORM = "score + kl_coef * sum(ref_logprobs)"
@@ -147,6 +147,7 @@ class RLHFEngine:
             {
                 "input_ids": spaces.Box(0, self.vocab_size - 1, shape=(width,), dtype=np.int64),
                 "attention_mask": spaces.Box(0, 1, shape=(width,), dtype=np.int64),
+                "position_ids": spaces.Box(0, width - 1, shape=(width,), dtype=np.int64),
             }
         )
         self.action_space = spaces.Discrete(self.vocab_size)
@@ -228,9 +229,11 @@ class RLHFEngine:
     # ------------------------------------------------------------------ observations
     def observation(self, slots: int | Sequence[int] | np.ndarray | slice) -> dict[str, np.ndarray]:
         """Copies of the rows of ``slots`` (so that stored observations never change)."""
+        mask = self.attention_mask[slots].copy()
         return {
             "input_ids": self.input_ids[slots].copy(),
-            "attention_mask": self.attention_mask[slots].copy(),
+            "attention_mask": mask,
+            "position_ids": position_ids(mask),
         }
 
     def text(self, slot: int) -> str:

@@ -32,17 +32,24 @@ class TextRLHFEnv(EngineEnv, gym.Env[dict[str, np.ndarray], Any]):
 
     ## Observation Space
 
-    A ``Dict`` of two ``Box(int64)`` arrays of length ``L = max_prompt_tokens + max_new_tokens``:
+    A ``Dict`` of three ``Box(int64)`` arrays of length ``L = max_prompt_tokens + max_new_tokens``:
 
     | key              | contents                                                                   |
     |------------------|----------------------------------------------------------------------------|
     | `input_ids`      | the prompt, left-padded into columns ``[0, max_prompt_tokens)``, then the   |
     |                  | response so far from column ``max_prompt_tokens`` on; pad id elsewhere      |
     | `attention_mask` | 1 where ``input_ids`` holds a real token, 0 on padding                      |
+    | `position_ids`   | ``max(cumsum(attention_mask) - 1, 0)``: each token's position among the real |
+    |                  | tokens, so that the left padding does not shift the prompt                  |
 
-    Token columns never move during an episode, so the observation feeds a causal LM directly with
-    ``position_ids = cumsum(attention_mask) - 1``, and the next-token logits are those at column
-    ``max_prompt_tokens + t - 1`` after ``t`` response tokens.
+    The observation feeds a causal LM as it is::
+
+        out = policy(**{key: torch.as_tensor(value)[None] for key, value in obs.items()})
+        next_logits = out.logits[0, max_prompt_tokens + t - 1]    # after t response tokens
+
+    gives the distribution the env scores (divide by ``temperature``). Without ``position_ids`` a GPT-2
+    would count the padding as positions and see a shifted prompt. Token columns never move during an
+    episode.
 
     ## Rewards
 

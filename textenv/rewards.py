@@ -15,6 +15,8 @@ every episode that ended on that step. Adapters turn common things into that pro
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -306,6 +308,34 @@ def as_reward_model(
     )
 
 
+def _as_floats(raw: Any) -> np.ndarray:
+    """The scores as float64 (n,): numbers only. Strings are refused, not parsed; a number too large for
+    a float becomes inf (and is refused as not finite)."""
+    if isinstance(raw, torch.Tensor):
+        if raw.is_meta:
+            raise TypeError("a tensor on the meta device holds no values")
+        if raw.is_complex():
+            raise TypeError("complex scores")
+        return raw.detach().to("cpu", torch.float64).numpy().reshape(-1)
+    if isinstance(raw, str | bytes | dict):
+        raise TypeError(f"a {type(raw).__name__} is not a sequence of scores")
+    array = np.asarray(raw)
+    if array.dtype.kind in "biuf":  # numbers already: the usual case
+        return array.astype(np.float64).reshape(-1)
+    array = array.astype(object).reshape(-1)
+    scores = np.empty(array.size, dtype=np.float64)
+    for i, value in enumerate(array):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_meta:
+            value = value.item()
+        if isinstance(value, str | bytes) or not isinstance(value, numbers.Real):
+            raise TypeError(f"score {i} is {type(value).__name__} {value!r:.40}, not a number")
+        try:
+            scores[i] = float(value)
+        except OverflowError:
+            scores[i] = math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    return scores
+
+
 def _pair(prompts: Sequence[str], responses: Sequence[str], i: int) -> str:
     return f"prompt {prompts[i]!r} (response {responses[i]!r})"
 
@@ -320,13 +350,11 @@ def compute_scores(reward_model: RewardModel, prompts: Sequence[str], responses:
             f"response(s), the first for {_pair(prompts, responses, 0)}"
         ) from exc
     try:
-        if isinstance(raw, torch.Tensor):
-            raw = raw.detach().float().cpu().numpy()
-        scores = np.asarray(raw, dtype=np.float64).reshape(-1)
+        scores = _as_floats(raw)
     except (TypeError, ValueError) as exc:
         raise RewardModelError(
-            f"the reward model returned {type(raw).__name__}, not a sequence of floats, for "
-            f"{_pair(prompts, responses, 0)}"
+            f"the reward model returned {type(raw).__name__} {raw!r:.60}, not a sequence of numbers ({exc}), "
+            f"for {_pair(prompts, responses, 0)}"
         ) from exc
     if scores.shape[0] != len(prompts):
         raise RewardModelError(

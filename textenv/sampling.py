@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.models import evaluating, model_device
+from textenv.scoring import position_ids
 
 
 @torch.no_grad()
@@ -43,7 +44,7 @@ def sample_responses(
             width = max(len(ids) for ids in encoded)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, P)
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            positions = position_ids(mask)
             batch = ids.shape[0]
             tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
             done = torch.zeros(batch, dtype=torch.bool, device=device)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -23,8 +25,13 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 _MAX_LOGIT_ELEMENTS = 1 << 26
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip padding: 0 at each row's first real token."""
+def position_ids(attention_mask: Any) -> Any:
+    """Positions that skip padding: 0 at each row's first real token, counting real tokens only (a torch
+    tensor or a numpy array, of any leading shape; the same type comes back). Left padding then never
+    shifts a sequence, and padding after the last token repeats the last position, which no real token
+    attends to."""
+    if isinstance(attention_mask, np.ndarray):
+        return np.maximum(np.cumsum(attention_mask, axis=-1) - 1, 0)
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
