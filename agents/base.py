@@ -8,11 +8,16 @@ A saved agent is a directory::
     agent.safetensors   value head, and the RNG state of the sampler
     optimizer.pt        the optimizer's state dict (loaded with ``weights_only=True``)
     state.json          agent class, config, seed, counters, beta, numpy RNG state, metric history
+    manifest.json       every file's size and sha256, written last: ``load`` refuses a folder that fails it
+
+A save is atomic (written under a temporary name, flushed, renamed into place), so a run killed while
+saving keeps its previous checkpoint whole.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -30,6 +35,8 @@ from transformers import AutoModelForCausalLM
 from agents.core import sample_tokens
 from agents.policy import ActorCritic, Critic
 from agents.rollout import Exploration, Rollout, collect, constants_of
+from textenv.atomic import atomic_folder, verify_manifest
+from textenv.errors import CheckpointError
 from textenv.models import evaluating
 from textenv.scoring import position_ids
 
@@ -241,32 +248,36 @@ class Agent:
 
     # ------------------------------------------------------------------ saving
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write everything needed to resume exactly (see the module docstring); returns the directory."""
+        """Write everything needed to resume exactly (see the module docstring); returns the directory.
+
+        The folder is written under a temporary name, listed in ``manifest.json``, flushed to disk and then
+        renamed to ``path`` (replacing an earlier save): a save killed half-way leaves the earlier one.
+        """
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.model.policy.save_pretrained(path / "policy", safe_serialization=True)
-        self.env.unwrapped.tokenizer.save_pretrained(path / "policy")  # type: ignore[attr-defined]
-        if self.model.critic_model is not None:
-            self.model.critic_model.save_pretrained(path / "critic", safe_serialization=True)
-        tensors = {"rng/sampler": self.generator.get_state()}
-        if self.model.value_head is not None:
-            tensors.update(
-                {f"value_head/{k}": v.contiguous() for k, v in self.model.value_head.state_dict().items()}
-            )
-        save_file(tensors, path / "agent.safetensors")
-        torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
-        state = {
-            "agent": type(self).__name__,
-            "config": asdict(self.config),
-            "seed": self.seed,
-            "num_timesteps": self.num_timesteps,
-            "iterations": self.iterations,
-            "kl_coef": self.env.unwrapped.kl_coef,  # type: ignore[attr-defined]
-            "np_rng": self.np_rng.bit_generator.state,
-            "extra": self.extra_state(),
-            "history": self.history,
-        }
-        (path / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+        with atomic_folder(path, marker=STATE_FILE) as tmp:
+            self.model.policy.save_pretrained(tmp / "policy", safe_serialization=True)
+            self.env.unwrapped.tokenizer.save_pretrained(tmp / "policy")  # type: ignore[attr-defined]
+            if self.model.critic_model is not None:
+                self.model.critic_model.save_pretrained(tmp / "critic", safe_serialization=True)
+            tensors = {"rng/sampler": self.generator.get_state()}
+            if self.model.value_head is not None:
+                tensors.update(
+                    {f"value_head/{k}": v.contiguous() for k, v in self.model.value_head.state_dict().items()}
+                )
+            save_file(tensors, tmp / "agent.safetensors")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            state = {
+                "agent": type(self).__name__,
+                "config": asdict(self.config),
+                "seed": self.seed,
+                "num_timesteps": self.num_timesteps,
+                "iterations": self.iterations,
+                "kl_coef": self.env.unwrapped.kl_coef,  # type: ignore[attr-defined]
+                "np_rng": self.np_rng.bit_generator.state,
+                "extra": self.extra_state(),
+                "history": self.history,
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
         return path
 
     @classmethod
@@ -275,41 +286,97 @@ class Agent:
 
         ``env`` should be made as the saved run's was (same reference, reward model and prompts); an env id
         is made with the saved ``num_envs`` and ``env_kwargs``. The env's policy object receives the saved
-        weights in place. ``overrides`` change config fields (e.g. a new learning rate).
+        weights in place, last: every file is read and checked first (against the folder's manifest, then
+        against the agent's shapes), so a refused checkpoint leaves the caller's policy as it was.
+        ``overrides`` change config fields (e.g. a new learning rate).
+
+        Raises:
+            CheckpointError: a file of the folder is missing, truncated, altered or unreadable (named).
         """
         path = Path(path)
-        state_file = path / "state.json"
-        if not state_file.is_file():
-            raise FileNotFoundError(f"{path} is not a saved agent: it has no state.json")
-        state = json.loads(state_file.read_text(encoding="utf-8"))
+        verify_manifest(path)
+        state = _read(path / STATE_FILE, lambda f: json.loads(f.read_text(encoding="utf-8")))
+        if state.get("agent") not in AGENTS:
+            raise CheckpointError(f"{path / STATE_FILE} names no known agent: {state.get('agent')!r}")
         if state["agent"] != cls.__name__ and cls is not Agent:
             raise TypeError(f"{path} holds a {state['agent']}, not a {cls.__name__}")
+        kl_coef = state.get("kl_coef")
+        if not isinstance(kl_coef, int | float) or not math.isfinite(kl_coef) or kl_coef < 0:
+            raise CheckpointError(f"{path / STATE_FILE} has kl_coef={kl_coef!r}, not a finite number >= 0")
+        policy_weights = _read(path / "policy", _state_dict_of)
+        critic_weights = _read(path / "critic", _state_dict_of) if (path / "critic").exists() else None
+        tensors = _read(path / "agent.safetensors", load_file)
+        optimizer_state = _read(path / "optimizer.pt", lambda f: torch.load(f, weights_only=True))
+
         agent_class = AGENTS[state["agent"]] if cls is Agent else cls
         config = state["config"] | overrides
         if not isinstance(env, str) and "num_envs" not in overrides:
             config.pop("num_envs")  # the env given decides
         agent = agent_class(env, seed=state["seed"], **config)
-        saved = AutoModelForCausalLM.from_pretrained(path / "policy", use_safetensors=True)
-        agent.model.policy.load_state_dict(saved.state_dict())
+        _check_shapes(agent.model.policy, policy_weights, path / "policy")
         if agent.model.critic_model is not None:
-            critic = AutoModelForCausalLM.from_pretrained(path / "critic", use_safetensors=True)
-            agent.model.critic_model.load_state_dict(critic.state_dict())
-        tensors = load_file(path / "agent.safetensors")
-        if agent.model.value_head is not None:
-            agent.model.value_head.load_state_dict(
-                {k.removeprefix("value_head/"): v for k, v in tensors.items() if k.startswith("value_head/")}
-            )
-        agent.generator.set_state(tensors["rng/sampler"])
-        agent.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+            if critic_weights is None:
+                raise CheckpointError(f"{path / 'critic'} is missing: the agent has a separate critic")
+            _check_shapes(agent.model.critic_model, critic_weights, path / "critic")
+        # the agent's own objects first; the env's policy, shared with the caller, last
+        try:
+            agent.optimizer.load_state_dict(optimizer_state)
+            if agent.model.value_head is not None:
+                agent.model.value_head.load_state_dict(
+                    {
+                        k.removeprefix("value_head/"): v
+                        for k, v in tensors.items()
+                        if k.startswith("value_head/")
+                    }
+                )
+            agent.generator.set_state(tensors["rng/sampler"])
+            agent.np_rng.bit_generator.state = state["np_rng"]
+        except (KeyError, ValueError, RuntimeError, TypeError) as error:
+            raise CheckpointError(
+                f"{path} does not fit a {agent_class.__name__} on this env: {error}"
+            ) from None
         for group in agent.optimizer.param_groups:  # an override of the learning rate wins
             group["lr"] = agent.config.learning_rate
-        agent.np_rng.bit_generator.state = state["np_rng"]
+        if agent.model.critic_model is not None and critic_weights is not None:
+            agent.model.critic_model.load_state_dict(critic_weights)
+        agent.model.policy.load_state_dict(policy_weights)
         agent.num_timesteps = int(state["num_timesteps"])
         agent.iterations = int(state["iterations"])
         agent.history = list(state["history"])
-        agent.env.unwrapped.kl_coef = float(state["kl_coef"])  # type: ignore[attr-defined]
+        agent.env.unwrapped.kl_coef = float(kl_coef)  # type: ignore[attr-defined]
         agent.load_extra_state(state["extra"])
         return agent
+
+
+STATE_FILE = "state.json"
+
+
+def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
+    """``reader(path)``, with any failure a :class:`CheckpointError` that names ``path``."""
+    try:
+        return reader(path)
+    except Exception as error:
+        raise CheckpointError(f"cannot read {path}: {type(error).__name__}: {error}") from error
+
+
+def _state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
+    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    return dict(model.state_dict())
+
+
+def _check_shapes(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights whose names or shapes are not the model's, before copying any of them."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        details = "; ".join(
+            f"{what}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+            for what, names in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong))
+            if names
+        )
+        raise CheckpointError(f"the weights in {source} do not fit this env's policy ({details})")
 
 
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:

@@ -140,6 +140,26 @@ def _samples(rows: list[dict[str, Any]], n: int) -> list[str]:
     return [f"[RM {r['score']:+.2f} | gold {r['gold']:+.2f}] {r['prompt']}{r['response']}" for r in rows[:n]]
 
 
+def newest_checkpoint(run_dir: Path) -> Path:
+    """The run's newest checkpoint that passes its check (``checkpoint/``, or ``checkpoint.prev/`` when a
+    save was killed between its two renames); says which, and why any other was skipped."""
+    from textenv.atomic import complete_versions
+
+    good, errors = complete_versions(run_dir / "checkpoint")
+    for error in errors:
+        _print(f"skipping a checkpoint that fails its check: {error}")
+    if not good:
+        reason = "; ".join(map(str, errors)) or f"{run_dir / 'checkpoint'} does not exist"
+        raise SystemExit(f"{run_dir} has no complete checkpoint to resume from: {reason}")
+
+    def iterations(folder: Path) -> int:
+        return int(json.loads((folder / "state.json").read_text(encoding="utf-8"))["iterations"])
+
+    best = max(good, key=iterations)
+    _print(f"resuming from {best} (iteration {iterations(best)}, the newest complete checkpoint)")
+    return best
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     given = vars(args)
@@ -147,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     from agents import evaluation
     from agents.base import DEFAULT_ENV_KWARGS
+    from textenv import atomic
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -181,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed = saved["seed"]
         task = saved.get("task", "reviews")
         timesteps = args.timesteps if args.timesteps is not None else saved["timesteps"]
-        agent = classes[name].load(run_dir / "checkpoint", "TextRLHF-v0", **overrides)
+        agent = classes[name].load(newest_checkpoint(run_dir), "TextRLHF-v0", **overrides)
         before = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["before"]
         before_rows = json.loads((run_dir / "samples_before.json").read_text(encoding="utf-8"))
         # keep the metrics of the iterations the checkpoint has, drop any logged after it
@@ -208,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": saved["command"] if args.resume is not None else command,
         "resumed_with": [*saved.get("resumed_with", []), command] if args.resume is not None else [],
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1, default=str), encoding="utf-8")
+    atomic.write_json(run_dir / "config.json", config)
 
     spec = evaluation.task_of(agent)
     columns = evaluation.summary_columns(spec)
@@ -222,13 +243,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if args.resume is None:
         before, before_rows = evaluation.evaluate(agent, eval_env, args.eval_episodes)
-        (run_dir / "samples_before.json").write_text(
-            json.dumps(before_rows[: args.samples]), encoding="utf-8"
-        )
-        (run_dir / "summary.json").write_text(json.dumps({"before": before}, indent=1), encoding="utf-8")
+        atomic.write_json(run_dir / "samples_before.json", before_rows[: args.samples])
+        atomic.write_json(run_dir / "summary.json", {"before": before})
 
     metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history), encoding="utf-8")
+    atomic.write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in history))
     start = time.perf_counter()
 
     def on_iteration(agent_: Any, metrics: dict[str, float]) -> None:
@@ -257,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "timesteps": agent.num_timesteps,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    atomic.write_json(run_dir / "summary.json", summary)
     samples = [
         "## before",
         *_samples(before_rows, args.samples),

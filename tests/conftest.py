@@ -65,3 +65,17 @@ def make_vec(env_kwargs) -> Callable[..., gym.vector.VectorEnv]:
         )
 
     return make
+
+
+@pytest.fixture
+def make_agent_env(env_kwargs, tokenizer):
+    """A fresh vector env with its own policy (training changes the policy in place), adaptive beta."""
+
+    def make(num_envs: int = 8, **overrides: Any) -> gym.vector.VectorEnv:
+        fresh = toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5)
+        kwargs = env_kwargs | {"policy": fresh, "kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 100}
+        return gym.make_vec(
+            "TextRLHF-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", **(kwargs | overrides)
+        )
+
+    return make

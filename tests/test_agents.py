@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -13,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from agents import PPO, REINFORCE, EpsilonGreedyPPO
 from agents.base import Agent
-from textenv import toy
+from textenv import CheckpointError
 
 AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
     "ppo": (PPO, {}),
@@ -27,20 +26,6 @@ AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
     ),
 }
 TIMING = ("charts/rollout_seconds", "charts/update_seconds", "charts/tokens_per_second")
-
-
-@pytest.fixture
-def make_agent_env(env_kwargs, tokenizer):
-    """A fresh vector env with its own policy (training changes the policy in place), adaptive beta."""
-
-    def make(num_envs: int = 8, **overrides: Any) -> gym.vector.VectorEnv:
-        fresh = toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5)
-        kwargs = env_kwargs | {"policy": fresh, "kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 100}
-        return gym.make_vec(
-            "TextRLHF-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", **(kwargs | overrides)
-        )
-
-    return make
 
 
 def train(agent: Agent, iterations: int) -> Agent:
@@ -194,7 +179,7 @@ def test_agent_errors(make_agent_env, make_env, tmp_path):
         REINFORCE(env, baseline="median")
     with pytest.raises(ValueError, match="exploration"):
         EpsilonGreedyPPO(env, exploration="boltzmann")
-    with pytest.raises(FileNotFoundError, match=r"state\.json"):
+    with pytest.raises(CheckpointError, match=r"manifest\.json is missing"):
         PPO.load(tmp_path, env)
     train(PPO(make_agent_env(), seed=0), 1).save(tmp_path / "ppo")
     with pytest.raises(TypeError, match="holds a PPO"):

@@ -185,3 +185,76 @@ def test_trainer_learns_from_comparison_groups(base_dir):
         _grouped_pairs(200, k=4, seed=6), base_dir, config=config, eval_pairs=held_out
     )
     assert result.metrics["eval/accuracy"] > 0.75
+
+
+# ----------------------------------------------------------------------------- data that cannot teach
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"prompt": "a", "chosen": " b", "rejected": " b"}', "line 2: 'chosen' and 'rejected' are the same"),
+        ('{"prompt": "", "chosen": "", "rejected": " c"}', "line 2: the prompt and 'chosen' are both empty"),
+        ('{"prompt": "a", "chosen": " \\ud800", "rejected": " c"}', "line 2: 'chosen' is not valid Unicode"),
+    ],
+)
+def test_pairs_that_cannot_teach_are_named(tmp_path, line, message):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"})
+    path.write_text(good + "\n" + line + "\n")
+    with pytest.raises(PreferenceDataError, match=message):
+        load_preference_pairs(path)
+
+
+def test_invalid_utf8_is_named_with_its_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = json.dumps({"prompt": "a", "chosen": " b", "rejected": " c"}).encode()
+    path.write_bytes(good + b"\n" + good + b"\n" + b'{"prompt": "\xff"}\n')
+    with pytest.raises(PreferenceDataError, match=r"pairs\.jsonl, line 3: not valid UTF-8"):
+        load_preference_pairs(path)
+
+
+def test_pairs_given_as_a_list_are_checked_by_index(base_dir):
+    pairs = [*_synthetic_pairs(20, seed=0), PreferencePair("p", " same", " same")]
+    with pytest.raises(PreferenceDataError, match=r"pairs\[20\]: 'chosen' and 'rejected' are the same"):
+        train_reward_model(pairs, base_dir)
+
+
+def test_a_line_longer_than_the_models_context_is_cut_as_the_env_cuts_it(tmp_path, base_dir):
+    pairs = _synthetic_pairs(40, seed=5)
+    pairs[7] = PreferencePair("the food", " good" * 200, " bad" * 150)  # 200 tokens: n_positions is 128
+    path = tmp_path / "pairs.jsonl"
+    save_preference_pairs(pairs, path)
+    with pytest.warns(UserWarning, match=r"2 preference text\(s\) are longer than the 128 tokens .* line 8"):
+        result = train_reward_model(
+            path, base_dir, config=RewardTrainingConfig(batch_size=8, eval_fraction=0.5)
+        )
+    assert np.isfinite(result.metrics["train/loss"])
+
+
+class Killed(BaseException):
+    pass
+
+
+def test_a_killed_reward_model_save_leaves_no_finished_looking_folder(tmp_path, base_dir, monkeypatch):
+    from textenv.reward_training import save_reward_model
+
+    result = train_reward_model(
+        _synthetic_pairs(40, seed=6), base_dir, config=RewardTrainingConfig(batch_size=8)
+    )
+    out = tmp_path / "rm"
+
+    def killed(*args, **kwargs):
+        raise Killed
+
+    with monkeypatch.context() as patch:  # killed after the weights, before the tokenizer
+        patch.setattr(type(result.tokenizer), "save_pretrained", killed)
+        with pytest.raises(Killed):
+            save_reward_model(result, out)
+    assert list(tmp_path.iterdir()) == [base_dir]  # no folder at all, and no temporary one left
+    save_reward_model(result, out)
+    before = (out / "model.safetensors").read_bytes()
+    with monkeypatch.context() as patch:  # a second save killed the same way keeps the first whole
+        patch.setattr(type(result.tokenizer), "save_pretrained", killed)
+        with pytest.raises(Killed):
+            save_reward_model(result, out)
+    assert (out / "model.safetensors").read_bytes() == before and (out / "tokenizer.json").is_file()
+    assert len(ClassifierReward(out).score(["the food"], [" good"])) == 1

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gymnasium.envs.registration import register, registry
 
-from textenv.errors import RewardModelError
+from textenv.errors import CheckpointError, RewardModelError
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,8 @@ _LAZY = {
     "TextRLHFEnv": "textenv.env",
     "TextRLHFVectorEnv": "textenv.vector_env",
     "RLHFEngine": "textenv.engine",
+    "EnvConfig": "textenv.config",
+    "EnvConstants": "textenv.config",
     "AdaptiveKLController": "textenv.kl",
     "KL_ESTIMATORS": "textenv.kl",
     "RewardModel": "textenv.rewards",
@@ -44,6 +46,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from textenv.config import EnvConfig, EnvConstants
     from textenv.engine import RLHFEngine
     from textenv.env import TextRLHFEnv
     from textenv.kl import KL_ESTIMATORS, AdaptiveKLController
@@ -75,7 +78,10 @@ __all__ = [
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "CallableReward",
+    "CheckpointError",
     "ClassifierReward",
+    "EnvConfig",
+    "EnvConstants",
     "PipelineReward",
     "RLHFEngine",
     "RewardModel",

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -45,8 +46,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
+from textenv.atomic import atomic_folder
 from textenv.models import load_tokenizer, model_device
-from textenv.rewards import ClassifierReward
+from textenv.rewards import ClassifierReward, position_limit
 
 
 class PreferenceDataError(ValueError):
@@ -65,6 +67,34 @@ class PreferencePair:
     chosen: str
     rejected: str
     group: str | None = None
+    source: str | None = field(default=None, compare=False)  # where it was read: "file, line N"
+
+
+def check_pair(pair: PreferencePair, where: str) -> None:
+    """Refuse a comparison that cannot teach anything or cannot be read.
+
+    Raises:
+        PreferenceDataError: naming ``where`` (a file and line, or ``pairs[i]``): a field that is not a
+            string or not valid Unicode (a lone surrogate), ``chosen`` equal to ``rejected``, or an empty text
+            to score (empty prompt and empty response).
+    """
+    for key in ("prompt", "chosen", "rejected"):
+        value = getattr(pair, key)
+        if not isinstance(value, str):
+            raise PreferenceDataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise PreferenceDataError(
+                f"{where}: {key!r} is not valid Unicode text ({error.reason} at character {error.start})"
+            ) from None
+    if pair.chosen == pair.rejected:
+        raise PreferenceDataError(f"{where}: 'chosen' and 'rejected' are the same text {pair.chosen!r:.60}")
+    for key in ("chosen", "rejected"):
+        if not (pair.prompt + getattr(pair, key)):
+            raise PreferenceDataError(
+                f"{where}: the prompt and {key!r} are both empty: there is no text to score"
+            )
 
 
 def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
@@ -74,11 +104,17 @@ def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
         PreferenceDataError: naming the file and line of the first malformed record.
     """
     pairs: list[PreferencePair] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{os.fspath(path)}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise PreferenceDataError(
+                    f"{where}: not valid UTF-8 ({error.reason} at byte {error.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{os.fspath(path)}, line {number}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
@@ -98,14 +134,15 @@ def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
                 raise PreferenceDataError(
                     f"{where}: 'group' must be a string or an integer, got {type(group).__name__}"
                 )
-            pairs.append(
-                PreferencePair(
-                    record["prompt"],
-                    record["chosen"],
-                    record["rejected"],
-                    None if group is None else str(group),
-                )
+            pair = PreferencePair(
+                record["prompt"],
+                record["chosen"],
+                record["rejected"],
+                None if group is None else str(group),
+                source=where,
             )
+            check_pair(pair, where)
+            pairs.append(pair)
     if not pairs:
         raise PreferenceDataError(f"{os.fspath(path)}: no preference records")
     return pairs
@@ -116,6 +153,7 @@ def save_preference_pairs(pairs: Sequence[PreferencePair], path: str | os.PathLi
     with open(path, "w", encoding="utf-8") as handle:
         for pair in pairs:
             record = asdict(pair)
+            del record["source"]
             if record["group"] is None:
                 del record["group"]
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -214,6 +252,33 @@ def pairwise_accuracy(
     return float(np.mean(scores[: len(pairs)] > scores[len(pairs) :]))
 
 
+def _read_length(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    asked: int | None,
+    pairs: Sequence[PreferencePair],
+) -> int | None:
+    """How many tokens of each text the model reads: ``asked`` and the model's position limit, whichever
+    is smaller, as :class:`textenv.ClassifierReward` reads them when it scores. Texts longer than the
+    model's limit (and no ``max_length`` asked for) are cut, with a warning naming the first."""
+    limit = position_limit(model, tokenizer)
+    if asked is not None:
+        return asked if limit is None else min(asked, limit)
+    if limit is not None:
+        chosen, rejected = _texts(pairs)
+        lengths = [len(ids) for ids in tokenizer(chosen + rejected)["input_ids"]]
+        long = [i % len(pairs) for i, n in enumerate(lengths) if n > limit]
+        if long:
+            first = pairs[long[0]]
+            warnings.warn(
+                f"{len(long)} preference text(s) are longer than the {limit} tokens the reward model reads, "
+                f"the first at {first.source or f'pairs[{long[0]}]'}; they are cut to {limit} tokens, as "
+                "the env cuts what it scores (set max_length to choose the cut)",
+                stacklevel=3,
+            )
+    return limit
+
+
 def _pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
     for candidate in (model.config.pad_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id):
         if candidate is not None:
@@ -271,6 +336,9 @@ def train_reward_model(
     data = load_preference_pairs(pairs) if isinstance(pairs, str | os.PathLike) else list(pairs)
     if not data:
         raise ValueError("no preference pairs to train on")
+    for name, given in (("pairs", data), ("eval_pairs", eval_pairs or [])):
+        for i, pair in enumerate(given):
+            check_pair(pair, pair.source or f"{name}[{i}]")
     rng = np.random.default_rng(config.seed)
     if eval_pairs is None:
         units = _units(data)
@@ -293,6 +361,7 @@ def train_reward_model(
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     pad = _pad_id(model, tok)
     model.config.pad_token_id = pad  # decoder classifiers find each text's last token through it
+    max_length = _read_length(model, tok, config.max_length, data)
     if device is not None:
         torch.nn.Module.to(model, device)
     device = model_device(model)
@@ -328,7 +397,7 @@ def train_reward_model(
             order = order[1:]
         chosen, rejected = _texts([data[i] for i in index])
         texts, inverse = np.unique(np.array(chosen + rejected, dtype=object), return_inverse=True)
-        batch = _batch(tok, [str(t) for t in texts], pad, config.max_length, device)
+        batch = _batch(tok, [str(t) for t in texts], pad, max_length, device)
         scores = model(**batch).logits[:, 0][
             torch.from_numpy(inverse.reshape(-1))
         ]  # (2B,), each text read once
@@ -359,7 +428,7 @@ def train_reward_model(
     }
     if eval_pairs:
         chosen, rejected = _texts(eval_pairs)
-        scores_np = score_texts(model, tok, chosen + rejected, max_length=config.max_length)
+        scores_np = score_texts(model, tok, chosen + rejected, max_length=max_length)
         margin_np = scores_np[: len(eval_pairs)] - scores_np[len(eval_pairs) :]
         metrics["eval/loss"] = float(np.mean(np.logaddexp(0.0, -margin_np)))
         metrics["eval/accuracy"] = float(np.mean(margin_np > 0))
@@ -368,12 +437,21 @@ def train_reward_model(
     return RewardTrainingResult(model, tok, metrics, eval_pairs)
 
 
-def save_reward_model(result: RewardTrainingResult, directory: str | os.PathLike[str]) -> Path:
-    """Save weights (safetensors), config and tokenizer: a directory the environment loads by path."""
+def save_reward_model(
+    result: RewardTrainingResult, directory: str | os.PathLike[str], metadata: dict[str, Any] | None = None
+) -> Path:
+    """Save weights (safetensors), config and tokenizer: a directory the environment loads by path.
+
+    The folder is written under a temporary name, listed in ``manifest.json``, flushed and renamed into
+    place (replacing an earlier reward model there): a save killed half-way leaves no folder that loads
+    as a finished model. ``metadata`` is written as ``training_metrics.json`` inside it.
+    """
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    result.model.save_pretrained(path)
-    result.tokenizer.save_pretrained(path)
+    with atomic_folder(path, marker="config.json") as tmp:
+        result.model.save_pretrained(tmp)
+        result.tokenizer.save_pretrained(tmp)
+        if metadata is not None:
+            (tmp / "training_metrics.json").write_text(json.dumps(metadata, indent=2), encoding="utf-8")
     return path
 
 
@@ -408,9 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         progress=True,
     )
-    path = save_reward_model(result, args.out)
-    with open(path / "training_metrics.json", "w", encoding="utf-8") as handle:
-        json.dump({"config": asdict(config), "metrics": result.metrics}, handle, indent=2)
+    path = save_reward_model(result, args.out, {"config": asdict(config), "metrics": result.metrics})
     for name, value in result.metrics.items():
         print(f"{name:<16} {value:.4g}")
     print(f"saved to {path}")

@@ -82,7 +82,7 @@ def _label_index(id2label: dict[int, str], label: str | int) -> int:
     raise ValueError(f"label {label!r} is not among the model's labels {sorted(id2label.values())}")
 
 
-def _position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+def position_limit(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
     """The most tokens ``model`` can read: its config's position limit and its tokenizer's
     ``model_max_length`` (tokenizers without a limit report a huge number), whichever is smaller."""
     config = model.config.get_text_config()
@@ -154,7 +154,7 @@ class ClassifierReward:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.batch_size = batch_size
-        limit = _position_limit(classifier, self.tokenizer)
+        limit = position_limit(classifier, self.tokenizer)
         self.max_length = (
             limit if max_length is None else max_length if limit is None else min(max_length, limit)
         )
