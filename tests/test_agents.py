@@ -100,7 +100,13 @@ def test_same_seed_same_metrics(name, make_agent_env):
 
 
 @pytest.mark.parametrize(
-    "name", ["ppo", "ppo-separate-critic", "reinforce-moving-average", "egreedy-uniform"]
+    "name",
+    [
+        "ppo",
+        pytest.param("ppo-separate-critic", marks=pytest.mark.slow),  # 2 LMs: the slowest case, same code
+        "reinforce-moving-average",
+        "egreedy-uniform",
+    ],
 )
 def test_three_iterations_equal_two_then_save_load_then_one(name, make_agent_env, tmp_path):
     cls, config = AGENTS[name]

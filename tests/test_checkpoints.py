@@ -1,4 +1,6 @@
-"""Saves are whole or absent: a save killed half-way, a damaged file, a refused file never load a mix."""
+"""Saves are whole or absent: a save killed half-way, a damaged file, a refused file never load a mix.
+
+The training command's side (a resume killed mid-save, then resumed) is in test_train_cli.py."""
 
 from __future__ import annotations
 
@@ -11,10 +13,7 @@ import torch
 
 import agents.base
 from agents import PPO
-from agents.train import main
 from textenv import CheckpointError, atomic, toy
-
-TINY = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "1", "--save-every", "1", "--quiet"]
 
 
 def _train(agent, iterations):
@@ -78,38 +77,6 @@ def test_a_kill_between_the_two_renames_keeps_the_previous_version_findable(make
 
     assert newest_checkpoint(run) == run / "checkpoint.prev"
     assert "resuming from" in capsys.readouterr().out
-
-
-def test_resume_falls_back_to_the_complete_checkpoint_or_names_the_damaged_file(
-    tmp_path, monkeypatch, capsys
-):
-    run = tmp_path / "run"
-    main(
-        ["--timesteps", "100", "--run-dir", str(run), "--seed", "1", *TINY]
-    )  # a checkpoint after each iteration
-    state = json.loads((run / "checkpoint" / "state.json").read_text())
-    done = state["iterations"]
-    assert done >= 1
-    # the run goes on and is killed while writing its next checkpoint
-    _fail_on(monkeypatch, agents.base, "save_file")
-    with pytest.raises(Killed):
-        main(["--resume", str(run), "--timesteps", "200", *TINY])
-    monkeypatch.undo()
-    assert json.loads((run / "checkpoint" / "state.json").read_text())["iterations"] == done
-    capsys.readouterr()
-    main(["--resume", str(run), "--timesteps", "200", *TINY])
-    out = capsys.readouterr().out
-    assert f"resuming from {run / 'checkpoint'} (iteration {done}" in out
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["charts/iteration"] for r in rows] == list(range(1, len(rows) + 1))  # no iteration twice
-
-    # a damaged file with nothing to fall back on: refused, naming the file
-    weights = run / "checkpoint" / "policy" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(
-        SystemExit, match=r"model\.safetensors has \d+ bytes, the manifest says \d+: it is truncated"
-    ):
-        main(["--resume", str(run), "--timesteps", "300", *TINY])
 
 
 @pytest.mark.parametrize(

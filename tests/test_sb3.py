@@ -12,7 +12,7 @@ from stable_baselines3.common.logger import configure
 from textenv import toy
 
 
-def test_sb3_ppo_learns_a_few_thousand_steps_on_a_tiny_vocabulary(tmp_path):
+def test_sb3_ppo_trains_two_rollouts_on_a_tiny_vocabulary(tmp_path):
     words = ["the", "food", "was", "good", "bad", "."]
     tokenizer = toy.toy_tokenizer(words)
     assert len(tokenizer) == 15
@@ -41,8 +41,8 @@ def test_sb3_ppo_learns_a_few_thousand_steps_on_a_tiny_vocabulary(tmp_path):
     )
     model.set_logger(configure(str(tmp_path), []))  # not SB3's default folder in the system temp dir
     before = [p.detach().clone() for p in model.policy.parameters()]
-    model.learn(total_timesteps=3072)
-    assert model.num_timesteps >= 3072
+    model.learn(total_timesteps=512)  # two rollouts and updates; the slow test below shows it learning
+    assert model.num_timesteps >= 512
     logged = model.logger.name_to_value
     assert np.isfinite(logged["train/loss"]) and np.isfinite(logged["train/policy_gradient_loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, model.policy.parameters(), strict=True))

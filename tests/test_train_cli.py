@@ -7,13 +7,22 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
+import agents.base
 from agents import PPO
 from agents.train import build_parser, main
 
 TINY = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "2", "--save-every", "1", "--quiet"]
 
 
-def test_training_command_end_to_end_and_resume(tmp_path, capsys):
+class Killed(BaseException):
+    """Stands for the process dying mid-save (not an Exception: nothing may swallow it)."""
+
+
+def _killed(*args, **kwargs):
+    raise Killed
+
+
+def test_training_command_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     summary = main(["--timesteps", "150", "--run-dir", str(run), "--seed", "3", *TINY])
     out = capsys.readouterr().out
@@ -51,15 +60,33 @@ def test_training_command_end_to_end_and_resume(tmp_path, capsys):
         main(["--timesteps", "150", "--run-dir", str(run), *TINY])
     with pytest.raises(SystemExit, match="as it was made"):
         main(["--resume", str(run), "--kl-target", "3", *TINY])
+    # a resume killed while writing its first checkpoint leaves the last complete one, and the next resume
+    # says it takes that one; the metrics of the killed iteration are not kept (never a mix)
+    done = json.loads((run / "checkpoint" / "state.json").read_text())["iterations"]
+    with monkeypatch.context() as patch:
+        patch.setattr(agents.base, "save_file", _killed)  # after policy/ is written, before agent.safetensors
+        with pytest.raises(Killed):
+            main(["--resume", str(run), "--timesteps", "300", *TINY])
+    assert sorted(p.name for p in run.iterdir() if "checkpoint" in p.name) == ["checkpoint"]
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["iterations"] == done
+    capsys.readouterr()
     main(["--resume", str(run), "--timesteps", "300", *TINY])
+    assert f"resuming from {run / 'checkpoint'} (iteration {done}," in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
     assert config["task"] == "reviews"
     assert config["seed"] == 3 and config["timesteps"] == 300 and "--resume" in config["resumed_with"][0]
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert resumed[: len(rows)] == rows and len(resumed) > len(rows)
     assert resumed[-1]["charts/timesteps"] >= 300
+    assert [r["charts/iteration"] for r in resumed] == list(range(1, len(resumed) + 1))
     agent = PPO.load(run / "checkpoint", "TextRLHF-v0")
     assert agent.num_timesteps == resumed[-1]["charts/timesteps"] and agent.config.num_envs == 8
+
+    # a damaged checkpoint with nothing to fall back on is refused, naming the file
+    weights = run / "checkpoint" / "policy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(SystemExit, match=r"model\.safetensors has \d+ bytes, the manifest says \d+"):
+        main(["--resume", str(run), "--timesteps", "400", *TINY])
 
 
 def test_training_command_on_another_task(tmp_path, capsys):
@@ -69,8 +96,7 @@ def test_training_command_on_another_task(tmp_path, capsys):
     assert "task sorting" in out and "positions right" in out and "sort :" in out
     assert set(summary["after"]) >= {"gold", "success_rate", "position_accuracy", "permutation_rate"}
     assert json.loads((run / "config.json").read_text())["task"] == "sorting"
-    main(["--resume", str(run), "--timesteps", "200", *TINY])  # the task comes back with the run
-    assert PPO.load(run / "checkpoint", "TextRLHF-v0").env.unwrapped.task == "sorting"
+    assert PPO.load(run / "checkpoint", "TextRLHF-v0").env.unwrapped.task == "sorting"  # saved with the run
     with pytest.raises(SystemExit, match="as it was made"):
         main(["--resume", str(run), "--task", "reviews", *TINY])
     with pytest.raises(SystemExit):
