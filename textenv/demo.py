@@ -18,33 +18,34 @@ import gymnasium as gym
 import numpy as np
 import torch
 import transformers
+from transformers import PreTrainedModel
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
 from textenv import tasks
-from textenv.scoring import position_ids
+from textenv.scoring import IncrementalLogprobs
 from textenv.tasks import Task
 
 
-def sample_episode(env: gym.Env, writer: torch.nn.Module, seed: int, generator: torch.Generator) -> dict:
+def sample_episode(env: gym.Env, writer: PreTrainedModel, seed: int, generator: torch.Generator) -> dict:
     """Play one episode with actions sampled from ``writer`` (with a KV cache) at the env's temperature."""
-    engine = env.unwrapped.engine  # type: ignore[attr-defined]
+    c = env.unwrapped.constants  # type: ignore[attr-defined]
     obs, _ = env.reset(seed=seed)
-    ids = torch.from_numpy(obs["input_ids"][None, : engine.max_prompt_tokens])  # (1, P)
-    mask = torch.from_numpy(obs["attention_mask"][None, : engine.max_prompt_tokens])
-    positions = position_ids(mask)
-    past, reward, terminated = None, 0.0, False
+    cache = IncrementalLogprobs(writer, 1, c.prompt_width, c.max_new_tokens, c.temperature, c.pad_token_id)
+    slot = torch.zeros(1, dtype=torch.long)
+    reward, terminated = 0.0, False
     info: dict[str, Any] = {}
     with torch.no_grad():
+        cache.prefill(
+            slot,
+            torch.from_numpy(obs["input_ids"][None, : c.prompt_width]),
+            torch.from_numpy(obs["attention_mask"][None, : c.prompt_width]),
+        )
         while not terminated:
-            out = writer(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past)
-            past = out.past_key_values
-            probs = (out.logits[0, -1] / engine.temperature).softmax(-1)
-            action = int(torch.multinomial(probs, 1, generator=generator))
-            _, step_reward, terminated, _, info = env.step(action)
+            action = torch.multinomial(cache.next_logprobs[0].exp(), 1, generator=generator)
+            _, step_reward, terminated, _, info = env.step(int(action))
             reward = float(step_reward)
-            ids = torch.tensor([[action]])
-            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
-            positions = positions[:, -1:] + 1
+            if not terminated:
+                cache.advance(slot, action)
     return {"reward": float(reward), **info}
 
 

@@ -13,10 +13,56 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.models import evaluating, model_device
-from textenv.scoring import position_ids
+from textenv.scoring import IncrementalLogprobs
 
 
 @torch.no_grad()
+def sample_tokens_kv(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample a response to each left-padded prompt of ``input_ids``/``attention_mask`` (B, P).
+
+    One batched forward pass per token through the KV cache of :class:`textenv.scoring.IncrementalLogprobs`
+    (the cache the env's per-token KL and the agents' rollouts use). Ancestral sampling at ``temperature``
+    (0: greedy). Returns ``tokens`` (B, max_new_tokens), ``pad_token_id`` after a response's end, and the
+    ``lengths`` (B,) of the responses without their EOS.
+    """
+    batch, width = input_ids.shape
+    device = input_ids.device
+    cache = IncrementalLogprobs(
+        model, batch, width, max_new_tokens, temperature if temperature > 0 else 1.0, pad_token_id
+    )
+    cache.prefill(torch.arange(batch, device=device), input_ids, attention_mask)
+    tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
+    for t in range(max_new_tokens):
+        logprobs = cache.next_logprobs  # (B, V) at the temperature
+        if temperature == 0:
+            token = logprobs.argmax(-1)
+        else:
+            token = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+        token = torch.where(done, torch.full_like(token, pad_token_id), token)
+        tokens[:, t] = token
+        if eos_token_id is not None:
+            ended = ~done & (token == eos_token_id)
+            lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
+            done |= ended
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        live = torch.nonzero(~done).squeeze(-1)
+        cache.advance(live, token[live])
+    return tokens, lengths
+
+
 def sample_responses(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -44,32 +90,16 @@ def sample_responses(
             width = max(len(ids) for ids in encoded)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)  # (B, P)
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-            positions = position_ids(mask)
-            batch = ids.shape[0]
-            tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=device)
-            done = torch.zeros(batch, dtype=torch.bool, device=device)
-            lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-            past = None
-            for t in range(max_new_tokens):
-                out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past)
-                past = out.past_key_values
-                logits = out.logits[:, -1].float()  # (B, V)
-                if temperature == 0:
-                    token = logits.argmax(-1)
-                else:
-                    probs = (logits / temperature).softmax(-1)
-                    token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-                token = torch.where(done, torch.full_like(token, pad), token)
-                tokens[:, t] = token
-                if eos is not None:
-                    ended = ~done & (token == eos)
-                    lengths = torch.where(ended, torch.full_like(lengths, t), lengths)
-                    done |= ended
-                if bool(done.all()):
-                    break
-                ids = token[:, None]
-                mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-                positions = positions[:, -1:] + 1
-            rows = [tokens[i, : int(lengths[i])].tolist() for i in range(batch)]
+            tokens, lengths = sample_tokens_kv(
+                model,
+                ids,
+                mask,
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                generator=generator,
+            )
+            rows = [tokens[i, : int(lengths[i])].tolist() for i in range(len(encoded))]
             responses += [str(text) for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
     return responses

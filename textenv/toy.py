@@ -1,16 +1,14 @@
 """Tiny offline models for tests, demos and benchmarks: built in well under a second, no download.
 
 A word-level tokenizer over a small review vocabulary, GPT-2-architecture causal LMs and classifiers of a
-few thousand to a few million parameters, a few prompts, and a lexicon reward. The models are random
-unless :func:`pretrain` fits them to :func:`toy_corpus` for a few seconds. They are stand-ins to exercise
-the machinery, not the embedded default task.
+few thousand to a few million parameters, a few prompts, and a lexicon reward. The models are random:
+stand-ins to exercise the machinery, not the tasks of ``textenv.tasks``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
@@ -139,56 +137,3 @@ def lexicon_sentiment(text: str) -> float:
 def lexicon_reward(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     """A reward-model stand-in: the lexicon sentiment of each response."""
     return [lexicon_sentiment(r) for r in responses]
-
-
-def toy_corpus(num_sentences: int, seed: int = 0) -> list[str]:
-    """Short templated reviews ("the room was very clean and the staff were rude .")."""
-    rng = np.random.default_rng(seed)
-
-    def clause() -> str:
-        words = [str(rng.choice(SUBJECTS)), str(rng.choice(VERBS))]
-        if rng.random() < 0.3:
-            words.append("not")
-        if rng.random() < 0.4:
-            words.append(str(rng.choice(INTENSIFIERS)))
-        words.append(str(rng.choice(POSITIVE if rng.random() < 0.5 else NEGATIVE)))
-        return " ".join(words)
-
-    sentences = []
-    for _ in range(num_sentences):
-        text = clause()
-        if rng.random() < 0.5:
-            text += f" {rng.choice(['and', 'but'])} {clause()}"
-        sentences.append(text + " .")
-    return sentences
-
-
-def pretrain(
-    model: GPT2LMHeadModel,
-    tokenizer: PreTrainedTokenizerFast,
-    texts: Sequence[str],
-    *,
-    steps: int = 200,
-    batch_size: int = 32,
-    lr: float = 3e-3,
-    seed: int = 0,
-) -> GPT2LMHeadModel:
-    """Fit ``model`` to ``texts`` (each followed by EOS) by next-token prediction; returns it in eval mode."""
-    eos = tokenizer.eos_token_id
-    encoded = [[*ids, eos] for ids in tokenizer(list(texts))["input_ids"]]
-    width = max(len(ids) for ids in encoded)
-    ids = torch.full((len(encoded), width), eos, dtype=torch.long)
-    labels = torch.full((len(encoded), width), -100, dtype=torch.long)
-    for i, row in enumerate(encoded):
-        ids[i, : len(row)] = torch.tensor(row)
-        labels[i, : len(row)] = torch.tensor(row)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        batch = torch.randint(len(encoded), (batch_size,), generator=generator)
-        loss = model(input_ids=ids[batch], labels=labels[batch]).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model.eval()

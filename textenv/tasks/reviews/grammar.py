@@ -169,40 +169,6 @@ def adjectives_for(category: str) -> dict[str, float]:
     return {**ADJECTIVES["general"], **ADJECTIVES[category]}
 
 
-def vocabulary() -> list[str]:
-    """Every word of the language, sorted."""
-    words = {
-        "review",
-        ":",
-        ".",
-        ",",
-        "and",
-        "but",
-        "not",
-        "did",
-        "it",
-        "was",
-        "a",
-        "an",
-        "would",
-        "recommend",
-        "this",
-        "will",
-        "really",
-        *DOMAINS,
-        *PRONOUNS,
-        *INTENSIFIERS,
-        *VERBS,
-        *VERB_BASES,
-    }
-    words |= {w for table in ADJECTIVES.values() for w in table} | {w for pair in BE.values() for w in pair}
-    words |= {m for m in (*RECOMMEND, *RETURN) if m}
-    for domain in LEXICON.values():
-        words |= {n.word for n in domain.nouns} | set(domain.determiners) | set(domain.experiences)
-        words |= set(domain.places) | {w for phrase in domain.returns for w in phrase}
-    return sorted(words)
-
-
 def _clip(x: float) -> float:
     return max(-1.0, min(1.0, x))
 
