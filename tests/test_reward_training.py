@@ -193,7 +193,7 @@ def test_trainer_learns_from_comparison_groups(base_dir):
     [
         ('{"prompt": "a", "chosen": " b", "rejected": " b"}', "line 2: 'chosen' and 'rejected' are the same"),
         ('{"prompt": "", "chosen": "", "rejected": " c"}', "line 2: the prompt and 'chosen' are both empty"),
-        ('{"prompt": "a", "chosen": " \\ud800", "rejected": " c"}', "line 2: 'chosen' is not valid Unicode"),
+        ('{"prompt": "a", "chosen": " \\ud800", "rejected": " c"}', "line 2: 'chosen' .* not valid Unicode"),
     ],
 )
 def test_pairs_that_cannot_teach_are_named(tmp_path, line, message):

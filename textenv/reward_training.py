@@ -48,6 +48,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 
 from textenv.atomic import atomic_folder
 from textenv.models import load_tokenizer, model_device
+from textenv.prompts import check_text
 from textenv.rewards import ClassifierReward, position_limit
 
 
@@ -79,15 +80,10 @@ def check_pair(pair: PreferencePair, where: str) -> None:
             to score (empty prompt and empty response).
     """
     for key in ("prompt", "chosen", "rejected"):
-        value = getattr(pair, key)
-        if not isinstance(value, str):
-            raise PreferenceDataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
         try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise PreferenceDataError(
-                f"{where}: {key!r} is not valid Unicode text ({error.reason} at character {error.start})"
-            ) from None
+            check_text(getattr(pair, key), f"{where}: {key!r}")
+        except (TypeError, ValueError) as error:
+            raise PreferenceDataError(str(error)) from None
     if pair.chosen == pair.rejected:
         raise PreferenceDataError(f"{where}: 'chosen' and 'rejected' are the same text {pair.chosen!r:.60}")
     for key in ("chosen", "rejected"):

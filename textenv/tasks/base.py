@@ -6,7 +6,6 @@ This module stays light (no torch): the registry imports it when ``textenv`` is 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from textenv.atomic import sha256 as file_sha256
 
 #: ``(prompt, response) -> float``: one response's utility (gold's, or simulated labellers').
 Utility = Callable[[str, str], float]
@@ -42,14 +43,6 @@ def prefer(
 
 class AssetError(RuntimeError):
     """A task's shipped files are missing or do not match their manifest."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def load_manifest(assets: Path, rebuild: str = "the task's build command") -> dict[str, Any]:
