@@ -258,3 +258,17 @@ def test_a_killed_reward_model_save_leaves_no_finished_looking_folder(tmp_path, 
             save_reward_model(result, out)
     assert (out / "model.safetensors").read_bytes() == before and (out / "tokenizer.json").is_file()
     assert len(ClassifierReward(out).score(["the food"], [" good"])) == 1
+
+
+def test_a_damaged_reward_model_folder_is_refused_naming_the_file(tmp_path, base_dir):
+    from textenv import CheckpointError
+    from textenv.reward_training import save_reward_model
+
+    result = train_reward_model(
+        _synthetic_pairs(40, seed=7), base_dir, config=RewardTrainingConfig(batch_size=8)
+    )
+    out = save_reward_model(result, tmp_path / "rm")
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors has \d+ bytes, the manifest says"):
+        ClassifierReward(out)

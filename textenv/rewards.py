@@ -30,6 +30,7 @@ from transformers import (
 )
 from transformers.pipelines import Pipeline
 
+from textenv.atomic import MANIFEST, verify_manifest
 from textenv.errors import RewardModelError
 from textenv.models import evaluating, load_tokenizer, model_device
 
@@ -127,6 +128,8 @@ class ClassifierReward:
         classifier: PreTrainedModel
         if isinstance(model, str | os.PathLike):
             source: Any = os.fspath(model)
+            if os.path.isfile(os.path.join(source, MANIFEST)):
+                verify_manifest(source)  # a folder saved by textenv: refuse a truncated or altered file
             classifier = AutoModelForSequenceClassification.from_pretrained(
                 source, use_safetensors=True, trust_remote_code=trust_remote_code
             )
