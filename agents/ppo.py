@@ -10,6 +10,10 @@ adapted toward a KL target by the env). Per iteration:
    optional entropy bonus, global gradient clipping; stop the epochs early when the approximate KL
    between the new and the old policy passes ``target_kl`` (if set).
 
+The ratio is that of the behaviour policy that drew the tokens: the policy itself, or, when the rollout
+explored (``EpsilonGreedyPPO``), ``mu = (1 - eps) * pi + eps * U`` with the ``U(a_t)`` the rollout recorded.
+The old log-probs are the rollout's ``behaviour_logprobs``, filled in when the tokens were drawn.
+
 The defaults are lm-human-preferences' / trl's classic PPO, apart from the learning rate, which suits the
 default task's small policy.
 """
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
-from agents.core import gae, masked_mean, masked_var, masked_whiten
+from agents.core import gae, log_mixture, masked_mean, masked_var, masked_whiten
 from agents.rollout import Rollout
 
 
@@ -80,7 +84,11 @@ class PPO(Agent):
                 new_logprobs, values, entropy = self.model.evaluate(
                     input_ids[index], attention_mask[index], P, temperature
                 )
-                new_logprobs = rollout.behaviour(new_logprobs, index)  # log mu_new (pi's own, or mixed)
+                if (
+                    rollout.explore_probs is not None
+                ):  # the ratio is mu's: the distribution that drew the tokens
+                    explore = rollout.explore_probs.to(dev)[index]
+                    new_logprobs = log_mixture(new_logprobs, explore, rollout.epsilon)
                 log_ratio = new_logprobs - old_logprobs[index]
                 ratio = log_ratio.exp()
                 adv = advantages[index]

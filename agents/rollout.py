@@ -65,13 +65,6 @@ class Rollout:
     explore_probs: torch.Tensor | None = None  # (B, T) U(a_t) under exploration
     epsilon: float = 0.0  # the exploration's share of mu (0: mu = pi)
 
-    def behaviour(self, logprobs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """log mu of episodes ``index`` given the policy's log-probs ``logprobs`` of their tokens: the
-        policy's own without exploration, else ``log((1 - eps) pi + eps U)`` with the recorded U."""
-        if self.explore_probs is None:
-            return logprobs
-        return log_mixture(logprobs, self.explore_probs.to(logprobs.device)[index], self.epsilon)
-
     @property
     def num_episodes(self) -> int:
         return int(self.response_ids.shape[0])
