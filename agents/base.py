@@ -36,6 +36,7 @@ from agents.core import sample_tokens
 from agents.policy import ActorCritic, Critic
 from agents.rollout import Exploration, Rollout, collect, constants_of
 from textenv.atomic import atomic_folder, verify_manifest
+from textenv.config import check_bool, check_float, check_int
 from textenv.errors import CheckpointError
 from textenv.models import evaluating
 from textenv.scoring import position_ids
@@ -66,6 +67,33 @@ class AgentConfig:
     top_k: int = option(0, "predict(): sample among the k most likely tokens only (0 = all)")
     top_p: float = option(1.0, "predict(): sample from the smallest set of tokens with this mass")
     env_kwargs: dict = option(DEFAULT_ENV_KWARGS, "arguments of the env made from an env id")  # noqa: RUF009
+
+    def __post_init__(self) -> None:
+        """Check every field by its declared type (and the ranges a few must keep), naming it: a wrong type
+        is a ``TypeError``, a NaN, an infinity or a value out of range a ``ValueError``."""
+        for f in fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = kind.endswith("| None")
+            if kind.startswith("float"):
+                number = check_float(
+                    f.name, value, optional=optional, above=0.0 if f.name in _POSITIVE else None
+                )
+                if number is not None and f.name in _UNIT_INTERVAL and not 0.0 <= number <= 1.0:
+                    raise ValueError(f"{f.name} must be in [0, 1], got {number}")
+                setattr(self, f.name, number)
+            elif kind.startswith("int"):
+                check_int(f.name, value, minimum=1 if f.name in _POSITIVE else 0, optional=optional)
+            elif kind == "bool":
+                check_bool(f.name, value)
+            elif kind == "str" and not isinstance(value, str):
+                raise TypeError(f"{f.name} must be a string, got {type(value).__name__} {value!r:.60}")
+            elif kind == "dict" and not isinstance(value, dict):
+                raise TypeError(f"{f.name} must be a dict, got {type(value).__name__}")
+
+
+#: Settings that must be > 0 (floats) or >= 1 (integers), and settings that are shares in [0, 1].
+_POSITIVE = {"learning_rate", "adam_eps", "num_envs", "num_epochs", "num_minibatches", "group_size"}
+_UNIT_INTERVAL = {"gamma", "lam", "baseline_decay", "top_p"}
 
 
 def describe_config(config_class: type) -> str:

@@ -45,6 +45,7 @@ class PPOConfig(AgentConfig):
     critic: str = option("shared", "value function: 'shared' (head on the policy's trunk) or 'separate'")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.critic not in ("shared", "separate"):
             raise ValueError(f"critic must be 'shared' or 'separate', got {self.critic!r}")
 

@@ -263,3 +263,28 @@ def test_the_observation_feeds_the_policy_directly(make_env, kl_placement):
     with torch.no_grad():
         shifted = policy(input_ids=torch.as_tensor(obs["input_ids"])[None]).logits
     assert not np.allclose(float((shifted[0, P - 1] / 0.7).log_softmax(-1)[10]), mine[0], atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- agent settings
+@pytest.mark.parametrize(
+    "agent, setting, error, names",
+    [
+        ("PPO", {"learning_rate": math.nan}, ValueError, "learning_rate must be finite, got nan"),
+        ("PPO", {"learning_rate": 0.0}, ValueError, "learning_rate must be > 0.0"),
+        ("PPO", {"learning_rate": "1e-4"}, TypeError, "learning_rate must be a number, got str"),
+        ("PPO", {"num_epochs": 2.5}, TypeError, "num_epochs must be an integer, got float 2.5"),
+        ("PPO", {"gamma": 1.5}, ValueError, r"gamma must be in \[0, 1\], got 1.5"),
+        ("PPO", {"target_kl": math.inf}, ValueError, "target_kl must be finite"),
+        ("PPO", {"whiten_advantages": "yes"}, TypeError, "whiten_advantages must be True or False"),
+        ("REINFORCE", {"group_size": 0}, ValueError, "group_size must be >= 1, got 0"),
+        ("EpsilonGreedyPPO", {"epsilon": math.nan}, ValueError, "epsilon must be finite"),
+    ],
+)
+def test_bad_agent_settings_are_named(make_agent_env, agent, setting, error, names):
+    import agents
+
+    env = make_agent_env()
+    before = {k: v.clone() for k, v in env.unwrapped.policy.state_dict().items()}
+    with pytest.raises(error, match=names):
+        getattr(agents, agent)(env, seed=0, **setting)
+    assert all(torch.equal(v, before[k]) for k, v in env.unwrapped.policy.state_dict().items())
