@@ -85,9 +85,8 @@ class PPO(Agent):
                 new_logprobs, values, entropy = self.model.evaluate(
                     input_ids[index], attention_mask[index], P, temperature
                 )
-                if (
-                    rollout.explore_probs is not None
-                ):  # the ratio is mu's: the distribution that drew the tokens
+                # the ratio is mu's, the distribution that drew the tokens (pi's own without exploration)
+                if rollout.explore_probs is not None:
                     explore = rollout.explore_probs.to(dev)[index]
                     new_logprobs = log_mixture(new_logprobs, explore, rollout.epsilon)
                 log_ratio = new_logprobs - old_logprobs[index]

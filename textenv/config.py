@@ -117,6 +117,19 @@ def check_device(value: Any) -> Any:
     return value
 
 
+def check_text(text: object, where: str) -> str:
+    """``text`` if it is a string that UTF-8 can encode (a lone surrogate cannot), else a named error."""
+    if not isinstance(text, str):
+        raise TypeError(f"{where} must be a string, got {type(text).__name__} {_shown(text)}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{where} {_shown(text)} is not valid Unicode text: {error.reason} at character {error.start}"
+        ) from None
+    return text
+
+
 def check_prompts(name: str, value: Any, *, allow_callable: bool = True) -> Any:
     """A prompt source: a list or tuple of strings (not one string), or a callable ``(np_random) -> str``."""
     kind = "a list of strings or a callable (np_random) -> str" if allow_callable else "a list of strings"
@@ -127,8 +140,7 @@ def check_prompts(name: str, value: Any, *, allow_callable: bool = True) -> Any:
     if not isinstance(value, Sequence | np.ndarray):
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {_shown(value)}")
     for i, text in enumerate(value):
-        if not isinstance(text, str):
-            raise TypeError(f"{name}[{i}] must be a string, got {type(text).__name__} {_shown(text)}")
+        check_text(text, f"{name}[{i}]")
     return value
 
 

@@ -184,10 +184,11 @@ class RLHFEngine:
     def kl_coef(self, value: float) -> None:
         self.kl_ctl.value = check_float("kl_coef", value, minimum=0.0)  # type: ignore[assignment]
 
-    def constants(self, num_envs: int) -> EnvConstants:
+    @property
+    def constants(self) -> EnvConstants:
         """What an agent needs to know about the episodes (see :class:`textenv.config.EnvConstants`)."""
         return EnvConstants(
-            num_envs=num_envs,
+            num_envs=self.num_slots,
             prompt_width=self.max_prompt_tokens,
             max_new_tokens=self.max_new_tokens,
             temperature=self.temperature,
@@ -429,7 +430,7 @@ class EngineEnv:
     @property
     def constants(self) -> EnvConstants:
         """Token layout, temperature and special tokens, for agents (see :class:`EnvConstants`)."""
-        return self.engine.constants(self.engine.num_slots)
+        return self.engine.constants
 
     @property
     def policy(self) -> Any:

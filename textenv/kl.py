@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from textenv.config import check_float
+
 KLEstimator = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -53,8 +55,6 @@ class AdaptiveKLController:
     """
 
     def __init__(self, init_kl_coef: float, target: float | None = None, horizon: float = 10_000):
-        from textenv.config import check_float
-
         self.value: float = check_float("kl_coef", init_kl_coef, minimum=0.0)  # type: ignore[assignment]
         self.target = check_float("kl_target", target, above=0.0, optional=True)
         self.horizon: float = check_float("kl_horizon", horizon, above=0.0)  # type: ignore[assignment]

@@ -8,20 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from textenv.config import check_text
+
 PromptSpec = Sequence[str] | Callable[[np.random.Generator], str]
-
-
-def check_text(text: object, where: str) -> str:
-    """``text`` if it is a string that UTF-8 can encode (a lone surrogate cannot), else a named error."""
-    if not isinstance(text, str):
-        raise TypeError(f"{where} must be a string, got {type(text).__name__} {text!r:.80}")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(
-            f"{where} {text!r:.80} is not valid Unicode text: {error.reason} at character {error.start}"
-        ) from None
-    return text
 
 
 @dataclass(frozen=True)
@@ -36,7 +25,8 @@ class Prompt:
 class PromptSource:
     """Draws and tokenises prompts with the policy's tokenizer.
 
-    A list is tokenised once, here, so a bad entry fails at construction. A prompt longer than
+    ``prompts`` comes checked by :class:`textenv.EnvConfig` (a callable, or a list of valid strings). A
+    list is tokenised once, here, so a bad entry fails at construction. A prompt longer than
     ``max_prompt_tokens`` raises ``ValueError`` unless ``truncate`` is set; then its *first* tokens are
     dropped (the end of a prompt is what the response continues) and the episode's info says
     ``prompt_truncated=True``.
@@ -59,15 +49,11 @@ class PromptSource:
         self._fixed: list[Prompt] = []
         if callable(prompts):
             self._fn = prompts
-        elif isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings or a callable, not a single string")
         else:
-            texts = list(prompts)
+            texts = list(prompts)  # their types were checked by EnvConfig (check_prompts)
             if not texts:
                 raise ValueError("prompts is an empty list; give at least one prompt")
-            for i, text in enumerate(texts):
-                check_text(text, f"prompts[{i}]")
-            ids = tokenizer(texts)["input_ids"] if texts else []
+            ids = tokenizer(texts)["input_ids"]
             self._fixed = [
                 self._checked(t, tokens, where=f"prompts[{i}]")
                 for i, (t, tokens) in enumerate(zip(texts, ids, strict=True))

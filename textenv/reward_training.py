@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.atomic import atomic_folder
+from textenv.config import check_text
 from textenv.models import load_tokenizer, model_device
-from textenv.prompts import check_text
 from textenv.rewards import ClassifierReward, position_limit
 
 
@@ -210,16 +210,22 @@ def _units(pairs: Sequence[PreferencePair]) -> list[list[int]]:
 
 def _batch(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], pad_id: int, max_length: int | None, device: Any
-) -> dict[str, torch.Tensor]:
-    kwargs: dict[str, Any] = {"truncation": True, "max_length": max_length} if max_length else {}
-    rows = tokenizer(list(texts), **kwargs)["input_ids"]
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Right-padded ids and mask of ``texts``, each cut to ``max_length`` tokens as the tokenizer cuts them;
+    also the indices of the texts that were cut."""
+    rows = tokenizer(list(texts))["input_ids"]
+    cut = [i for i, row in enumerate(rows) if max_length is not None and len(row) > max_length]
+    if cut:  # rare: only these are tokenised again, with the tokenizer's own truncation
+        shortened = tokenizer([texts[i] for i in cut], truncation=True, max_length=max_length)["input_ids"]
+        for i, row in zip(cut, shortened, strict=True):
+            rows[i] = row
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}, cut
 
 
 def score_texts(
@@ -246,33 +252,6 @@ def pairwise_accuracy(
     chosen, rejected = _texts(pairs)
     scores = score_texts(model, tokenizer, chosen + rejected, max_length=max_length)
     return float(np.mean(scores[: len(pairs)] > scores[len(pairs) :]))
-
-
-def _read_length(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    asked: int | None,
-    pairs: Sequence[PreferencePair],
-) -> int | None:
-    """How many tokens of each text the model reads: ``asked`` and the model's position limit, whichever
-    is smaller, as :class:`textenv.ClassifierReward` reads them when it scores. Texts longer than the
-    model's limit (and no ``max_length`` asked for) are cut, with a warning naming the first."""
-    limit = position_limit(model, tokenizer)
-    if asked is not None:
-        return asked if limit is None else min(asked, limit)
-    if limit is not None:
-        chosen, rejected = _texts(pairs)
-        lengths = [len(ids) for ids in tokenizer(chosen + rejected)["input_ids"]]
-        long = [i % len(pairs) for i, n in enumerate(lengths) if n > limit]
-        if long:
-            first = pairs[long[0]]
-            warnings.warn(
-                f"{len(long)} preference text(s) are longer than the {limit} tokens the reward model reads, "
-                f"the first at {first.source or f'pairs[{long[0]}]'}; they are cut to {limit} tokens, as "
-                "the env cuts what it scores (set max_length to choose the cut)",
-                stacklevel=3,
-            )
-    return limit
 
 
 def _pad_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
@@ -357,7 +336,10 @@ def train_reward_model(
     tok = load_tokenizer(tokenizer, trust_remote_code=trust_remote_code)
     pad = _pad_id(model, tok)
     model.config.pad_token_id = pad  # decoder classifiers find each text's last token through it
-    max_length = _read_length(model, tok, config.max_length, data)
+    # what the model reads of each text: as ClassifierReward reads it when the env scores
+    limit = position_limit(model, tok)
+    max_length = config.max_length if limit is None else min(config.max_length or limit, limit)
+    cut_texts: dict[str, str] = {}  # texts longer than the model reads -> where the first came from
     if device is not None:
         torch.nn.Module.to(model, device)
     device = model_device(model)
@@ -393,7 +375,10 @@ def train_reward_model(
             order = order[1:]
         chosen, rejected = _texts([data[i] for i in index])
         texts, inverse = np.unique(np.array(chosen + rejected, dtype=object), return_inverse=True)
-        batch = _batch(tok, [str(t) for t in texts], pad, max_length, device)
+        batch, cut = _batch(tok, [str(t) for t in texts], pad, max_length, device)
+        for j in cut:
+            k = int(np.flatnonzero(inverse.reshape(-1) == j)[0]) % len(index)  # a pair that has this text
+            cut_texts.setdefault(str(texts[j]), data[index[k]].source or f"pairs[{index[k]}]")
         scores = model(**batch).logits[:, 0][
             torch.from_numpy(inverse.reshape(-1))
         ]  # (2B,), each text read once
@@ -413,6 +398,13 @@ def train_reward_model(
     if bar is not None:
         bar.close()
     model.eval()
+    if cut_texts and config.max_length is None:
+        warnings.warn(
+            f"{len(cut_texts)} preference text(s) are longer than the {limit} tokens the reward model reads, "
+            f"the first at {next(iter(cut_texts.values()))}; they were cut to {limit} tokens, as the env "
+            "cuts what it scores (set max_length to choose the cut)",
+            stacklevel=2,
+        )
 
     tail = max(1, total // 10)
     metrics: dict[str, float] = {
