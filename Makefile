@@ -51,7 +51,7 @@ bench-overopt: $(STAMP)
 
 # rebuild the shipped assets of every task, or of some: make assets TASKS="sorting treasure"
 assets: $(STAMP)
-	for task in $(TASKS); do $(BIN)/python -m textenv.tasks.$$task.build || exit 1; done
+	for task in $(TASKS); do $(BIN)/python -m textenv.tasks.$$task.build --in-place || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -38,14 +38,15 @@ from agents.rollout import Exploration, Rollout, collect, constants_of
 from textenv.atomic import atomic_folder, verify_manifest
 from textenv.config import check_bool, check_float, check_int
 from textenv.errors import CheckpointError
-from textenv.models import evaluating
+from textenv.models import evaluating, quiet_loading
 from textenv.scoring import position_ids
 
 #: Settings of the env an agent makes for itself from an id (lm-human-preferences' adaptive KL).
 DEFAULT_ENV_KWARGS: dict[str, Any] = {"kl_coef": 0.2, "kl_target": 6.0, "kl_horizon": 10_000}
 
-#: ``callback(agent, metrics) -> bool | None`` after each iteration; returning False stops ``learn``.
-Callback = Callable[["Agent", dict[str, float]], "bool | None"]
+#: What ``learn`` takes as a callback: a :class:`agents.callbacks.BaseCallback`, a plain function
+#: ``callback(agent, metrics) -> bool | None`` (returning False stops ``learn``), or a list of them.
+Callback = Any
 
 
 def option(default: Any, help: str) -> Any:
@@ -203,10 +204,19 @@ class Agent:
         self, total_timesteps: int, callback: Callback | None = None, progress_bar: bool = False
     ) -> Agent:
         """Train for ``total_timesteps`` more response tokens (summed over sub-envs); one iteration is a
-        rollout of one episode per sub-env followed by an update. Stops early if ``callback`` returns False.
+        rollout of one episode per sub-env followed by an update.
+
+        ``callback``: a :class:`agents.callbacks.BaseCallback` (SB3's shape; one step is one iteration), a
+        function ``(agent, metrics)``, or a list of them; training stops early when one returns False.
         """
+        from agents.callbacks import make_callback
+
+        hook = make_callback(callback)
         goal = self.num_timesteps + int(total_timesteps)
         bar = tqdm(total=int(total_timesteps), unit="tok", disable=not progress_bar, dynamic_ncols=True)
+        if hook is not None:
+            hook.init_callback(self)
+            hook.on_training_start()
         try:
             while self.num_timesteps < goal:
                 start = time.perf_counter()
@@ -231,10 +241,12 @@ class Agent:
                 bar.set_postfix(
                     score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
                 )
-                if callback is not None and callback(self, metrics) is False:
+                if hook is not None and not hook.on_step(metrics):
                     break
         finally:
             bar.close()
+        if hook is not None:
+            hook.on_training_end()
         return self
 
     # ------------------------------------------------------------------ acting
@@ -282,7 +294,7 @@ class Agent:
         renamed to ``path`` (replacing an earlier save): a save killed half-way leaves the earlier one.
         """
         path = Path(path)
-        with atomic_folder(path, marker=STATE_FILE) as tmp:
+        with atomic_folder(path, marker=STATE_FILE) as tmp, quiet_loading():
             self.model.policy.save_pretrained(tmp / "policy", safe_serialization=True)
             self.env.unwrapped.tokenizer.save_pretrained(tmp / "policy")  # type: ignore[attr-defined]
             if self.model.critic_model is not None:
@@ -388,7 +400,8 @@ def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
 
 
 def _state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+    with quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
     return dict(model.state_dict())
 
 

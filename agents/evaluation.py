@@ -29,39 +29,65 @@ SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+#: The columns of a run without gold (an env of your own parts that plays no task).
+NO_GOLD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("rm_score", "RM score", "{:+.3f}"),
+    ("kl", "KL (nats)", "{:.2f}"),
+    ("length", "tokens", "{:.1f}"),
+    ("distinct_2", "distinct-2", "{:.3f}"),
+)
+
+
 def task_of(agent_or_env: Agent | gym.vector.VectorEnv, task: str | Task | None = None) -> Task:
     """The task to judge by: ``task`` if given, else the one the (agent's) env plays."""
+    found = find_task(agent_or_env, task)
+    if found is None:
+        raise ValueError(
+            "this env plays no task of textenv.tasks, so there is no gold to evaluate with; make it with "
+            "task=NAME, or pass task= here"
+        )
+    return found
+
+
+def find_task(agent_or_env: Agent | gym.vector.VectorEnv, task: str | Task | None = None) -> Task | None:
+    """``task`` if given, else the task the (agent's) env plays, else None (no gold to judge by)."""
     if isinstance(task, Task):
         return task
     if task is None:
         env = agent_or_env.env if isinstance(agent_or_env, Agent) else agent_or_env
         task = getattr(env.unwrapped, "task", None)
-        if task is None:
-            raise ValueError(
-                "this env plays no task of textenv.tasks, so there is no gold to evaluate with; make it with "
-                "task=NAME, or pass task= here"
-            )
-    return tasks.load(task)
+    return None if task is None else tasks.load(task)
 
 
-def summary_columns(task: Task) -> tuple[tuple[str, str, str], ...]:
-    """The before/after table's columns for ``task``."""
+def summary_columns(task: Task | None) -> tuple[tuple[str, str, str], ...]:
+    """The before/after table's columns for ``task`` (None: an env without gold)."""
+    if task is None:
+        return NO_GOLD_COLUMNS
     shared = {key for key, _, _ in SUMMARY_COLUMNS}
     return SUMMARY_COLUMNS + tuple(c for c in task.columns if c[0] not in shared)
 
 
-def make_eval_env(agent: Agent, num_envs: int = 256, task: str | Task | None = None) -> gym.vector.VectorEnv:
-    """A vector env of the agent's task sharing ``agent``'s models, with beta fixed at its current value."""
-    spec = task_of(agent, task)
+def make_eval_env(
+    agent: Agent,
+    num_envs: int = 256,
+    task: str | Task | None = None,
+    prompts: list[str] | None = None,
+) -> gym.vector.VectorEnv:
+    """A vector env sharing ``agent``'s models, with beta fixed at its current value: the agent's task
+    (or ``task``) with its prompts, or, for an env that plays no task, that env's own prompts. ``prompts``
+    replaces either (held-out prompts, say)."""
+    spec = find_task(agent, task)
     engine = agent.env.unwrapped.engine  # type: ignore[attr-defined]
+    if prompts is None:
+        prompts = spec.prompts() if spec is not None else engine.config.prompts
     return make_env(
         num_envs=num_envs,
-        task=spec.name,
+        task=spec.name if spec is not None else None,
         policy=agent.model.policy,
         reference=engine.reference,
         tokenizer=engine.tokenizer,
         reward_model=engine.reward_model,
-        prompts=spec.prompts(),
+        prompts=prompts,
         max_new_tokens=engine.max_new_tokens,
         max_prompt_tokens=engine.max_prompt_tokens,
         temperature=engine.temperature,
@@ -80,34 +106,56 @@ def evaluate(
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Play ``episodes`` (rounded up to whole rollouts) with the agent's policy on ``env``.
 
-    Returns the summary (RM score, KL, and the task's ``evaluate``: gold, success rate and its own columns)
-    and one row per episode (prompt, response, score, kl, gold). The same ``seed`` gives the same prompts
-    and the same random numbers, so before/after comparisons differ by the policy only.
+    Returns the summary (RM score, KL, mean length in tokens, distinct-2, and the task's ``evaluate``:
+    gold, success rate and its own columns) and one row per episode (prompt, response, score, kl, and
+    gold when there is a task). An env that plays no task (and no ``task=``) is judged without gold. The
+    same ``seed`` gives the same prompts and the same random numbers, so before/after comparisons differ
+    by the policy only.
     """
-    spec = task_of(env, task)
+    spec = find_task(env, task)
     generator = torch.Generator(agent.device).manual_seed(seed)
     rounds = -(-episodes // env.num_envs)
     prompts: list[str] = []
     responses: list[str] = []
     scores: list[float] = []
     kls: list[float] = []
+    lengths: list[float] = []
     for r in range(rounds):
         rollout = collect(env, agent.model, generator=generator, seed=seed + r * env.num_envs)
         prompts += rollout.prompts
         responses += rollout.responses
         scores += rollout.scores.tolist()
         kls += rollout.kl.tolist()
+        lengths += rollout.lengths.tolist()
     summary = {
         "rm_score": float(np.mean(scores)),
         "kl": float(np.mean(kls)),
-        **spec.evaluate(prompts, responses),
+        "length": float(np.mean(lengths)),
+        "distinct_2": distinct_2(responses),
     }
-    golds = spec.gold(prompts, responses)
-    rows = [
-        {"prompt": p, "response": y, "score": s, "kl": k, "gold": g}
-        for p, y, s, k, g in zip(prompts, responses, scores, kls, golds, strict=True)
+    rows: list[dict[str, Any]] = [
+        {"prompt": p, "response": y, "score": s, "kl": k}
+        for p, y, s, k in zip(prompts, responses, scores, kls, strict=True)
     ]
+    if spec is not None:
+        summary.update(spec.evaluate(prompts, responses))
+        for row, g in zip(rows, spec.gold(prompts, responses), strict=True):
+            row["gold"] = g
     return summary, rows
+
+
+def distinct_2(responses: list[str]) -> float:
+    """Distinct word bigrams over all bigrams of ``responses`` (split on whitespace): 1 is all different."""
+    bigrams = [
+        tuple(words[i : i + 2]) for words in (r.split() for r in responses) for i in range(len(words) - 1)
+    ]
+    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+def eval_metric_name(key: str) -> str:
+    """The metric name of a key of :func:`evaluate`'s summary during training: ``eval/<key>``, with a
+    task's ``gold_x`` column as ``eval/x`` (``gold_sentiment`` is ``eval/sentiment``)."""
+    return "eval/" + (key if key == "gold" else key.removeprefix("gold_"))
 
 
 def metric_name(key: str) -> str:
@@ -137,7 +185,9 @@ def format_summary(
 def plot_curves(
     histories: dict[str, list[dict[str, float]]], path: str | Path, title: str = "", band: bool = False
 ) -> Path:
-    """Learning curves against timesteps: RM score, gold, success rate, KL.
+    """Learning curves against timesteps: RM score, gold, success rate, KL (without gold: RM score,
+    length, KL), the training rollouts' as lines and the evaluations' (``eval/...``) as dashed lines with
+    markers.
 
     ``histories`` maps a label to metric rows (one per iteration, with ``charts/timesteps``). With
     ``band=True`` labels of the form ``"name/seed"`` are averaged per name with a min-max band.
@@ -148,28 +198,39 @@ def plot_curves(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    panels = (
-        ("objective/scores", "RM score (proxy)"),
-        ("gold/score", "gold"),
-        ("gold/success_rate", "gold success rate"),
-        ("objective/kl", "KL to reference (nats)"),
+    # (training rollouts' metric, evaluation's metric, title); a run without gold draws length instead
+    panels: tuple[tuple[str, str, str], ...] = (
+        ("objective/scores", "eval/rm_score", "RM score (proxy)"),
+        ("gold/score", "eval/gold", "gold"),
+        ("gold/success_rate", "eval/success_rate", "gold success rate"),
+        ("objective/kl", "eval/kl", "KL to reference (nats)"),
     )
+    if not any("gold/score" in r or "eval/gold" in r for rows in histories.values() for r in rows):
+        panels = (
+            panels[0],
+            ("charts/episode_length", "eval/length", "response length (tokens)"),
+            panels[3],
+        )
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
     groups: dict[str, list[list[dict[str, float]]]] = {}
     for label, rows in histories.items():
         groups.setdefault(label.split("/")[0] if band else label, []).append(rows)
-    for ax, (key, name) in zip(axes, panels, strict=True):
+    for ax, (train_key, eval_key, name) in zip(axes, panels, strict=True):
         for label, runs in groups.items():
-            runs = [[r for r in rows if key in r] for rows in runs]
-            runs = [rows for rows in runs if rows]
-            if not runs:
-                continue
-            n = min(len(rows) for rows in runs)
-            x = np.array([r["charts/timesteps"] for r in runs[0][:n]])
-            y = np.array([[r[key] for r in rows[:n]] for rows in runs])  # (runs, n)
-            line = ax.plot(x, y.mean(0), label=label)[0]
-            if len(runs) > 1:
-                ax.fill_between(x, y.min(0), y.max(0), alpha=0.2, color=line.get_color())
+            color = None
+            for key, style in ((train_key, "-"), (eval_key, "o--")):
+                kept = [[r for r in rows if key in r] for rows in runs]
+                kept = [rows for rows in kept if rows]
+                if not kept:
+                    continue
+                n = min(len(rows) for rows in kept)
+                x = np.array([r["charts/timesteps"] for r in kept[0][:n]])
+                y = np.array([[r[key] for r in rows[:n]] for rows in kept])  # (runs, n)
+                suffix = " (eval)" if key == eval_key else ""
+                line = ax.plot(x, y.mean(0), style, label=label + suffix, color=color, markersize=3)[0]
+                color = line.get_color()
+                if len(kept) > 1:
+                    ax.fill_between(x, y.min(0), y.max(0), alpha=0.2, color=color)
         ax.set_title(name)
         ax.set_xlabel("timesteps (tokens)")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0"))

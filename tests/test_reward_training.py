@@ -272,3 +272,38 @@ def test_a_damaged_reward_model_folder_is_refused_naming_the_file(tmp_path, base
     weights.write_bytes(weights.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match=r"model\.safetensors has \d+ bytes, the manifest says"):
         ClassifierReward(out)
+
+
+def test_one_group_warns_and_reports_nan_instead_of_failing(base_dir, capfd):
+    pairs = [
+        PreferencePair("the food", " good", " bad", group=1),
+        PreferencePair("the food", " great", " bad", 1),
+    ]
+    with pytest.warns(UserWarning, match="single comparison group"):
+        result = train_reward_model(pairs, base_dir, config=RewardTrainingConfig(batch_size=2))
+    assert np.isnan(result.metrics["eval/accuracy"]) and result.metrics["eval/pairs"] == 0
+    # a few groups still get one held out, so eval/accuracy is a number
+    three = [PreferencePair("the food", " good", " bad", group=g) for g in range(3)]
+    result = train_reward_model(three, base_dir, config=RewardTrainingConfig(batch_size=1))
+    assert result.metrics["eval/pairs"] == 1 and not np.isnan(result.metrics["eval/accuracy"])
+    # the new scalar head is added on purpose: no load report, no progress bars
+    captured = capfd.readouterr()
+    assert "MISSING" not in captured.out + captured.err and "Loading weights" not in captured.err
+
+
+def test_settings_are_checked_and_the_help_shows_defaults(capsys):
+    with pytest.raises(ValueError, match="eval_fraction"):
+        RewardTrainingConfig(eval_fraction=1.0)
+    with pytest.raises(TypeError, match="batch_size"):
+        RewardTrainingConfig(batch_size=2.5)
+    with pytest.raises(ValueError, match="learning_rate"):
+        RewardTrainingConfig(learning_rate=float("nan"))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 0.0003)" in text and "(default: 64)" in text
+
+
+def test_a_causal_lm_given_as_a_reward_model_is_named(base_dir):
+    with pytest.warns(UserWarning, match="initialised at random"):
+        ClassifierReward(base_dir, tokenizer=toy.toy_tokenizer(), label=1)

@@ -77,8 +77,8 @@ def test_fill_env_arguments_rules(tokenizer, reference):
 def test_shipped_assets_match_their_manifests_and_fit_the_budget():
     total = 0
     for name in SUITE:
-        manifest = tasks.load(name).verify_assets()
-        assert manifest["task"] == name
+        manifest = tasks.load(name).verify_assets()  # the files, their manifest, and its pin in the source
+        assert manifest["task"] == name and len(tasks.load(name).manifest_sha256) == 64
         assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in manifest["files"])  # safetensors only
         total += sum(entry["bytes"] for entry in manifest["files"].values())
     assert total <= 25e6
@@ -266,7 +266,9 @@ def test_tiny_rebuild_of_each_new_task(name, tmp_path):
     task = tasks.load(name)
     out = tmp_path / "assets"
     manifest = building.build(dataclasses.replace(recipe, config=recipe.config.tiny()), out, tmp_path / "w")
-    rebuilt = dataclasses.replace(task, assets=out)
+    with pytest.raises(tasks.AssetError, match="not the manifest this version of textenv shipped"):
+        dataclasses.replace(task, assets=out).verify_assets()  # the pin in the source tells a rebuild apart
+    rebuilt = dataclasses.replace(task, assets=out, manifest_sha256="")
     assert rebuilt.verify_assets() == manifest and manifest["task"] == name
     assert set(manifest["quality"]["reference"]) >= {"gold", "success_rate"}
     assert ("reward_model" in manifest["quality"]) == (task.reward == "reward_model")
@@ -310,3 +312,29 @@ def test_manifest_reference_figures_hold_on_a_fresh_resample(name):
     assert abs(report["success_rate"] - p) < 4 * np.sqrt(p * (1 - p) / n + p * (1 - p) / figures["n"]) + 2e-3
     spread = np.std(task.gold(drawn, responses))
     assert abs(report["gold"] - figures["gold"]) < 4 * spread * np.sqrt(1 / n + 1 / figures["n"]) + 2e-3
+
+
+def test_a_build_writes_into_the_package_only_when_asked(tmp_path, capsys):
+    from textenv.atomic import sha256
+    from textenv.tasks import building
+    from textenv.tasks.sorting import build
+
+    recipe = build.recipe()
+    shipped = tmp_path / "package" / "assets"  # stands for the installed package's folder
+    for argv, message in (
+        ([], "--out DIR, or --in-place"),
+        (["--out", str(shipped)], "pass --in-place to mean it"),
+        (["--tiny", "--in-place"], "--tiny never writes over the shipped files"),
+    ):
+        with pytest.raises(SystemExit):
+            building.main(recipe, shipped, "", argv)
+        assert message in capsys.readouterr().err
+    assert not shipped.exists()
+    tiny = dataclasses.replace(recipe, config=recipe.config.tiny())
+    building.main(tiny, shipped, "", ["--in-place", "--work-dir", str(tmp_path / "w")])
+    digest = sha256(shipped / "manifest.json")
+    assert f"is set to {digest}" in capsys.readouterr().out
+    task = dataclasses.replace(sorting.TASK, assets=shipped)
+    with pytest.raises(tasks.AssetError, match=f"set the task's manifest_sha256 to {digest}"):
+        task.verify_assets()  # the old pin refuses the rebuild until someone pins it on purpose
+    assert dataclasses.replace(task, manifest_sha256=digest).verify_assets()["task"] == "sorting"

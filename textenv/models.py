@@ -6,8 +6,10 @@ the caller turns it on. A hub name works where the hub is reachable (or cached w
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -21,6 +23,31 @@ from transformers import (
 ModelSpec = PreTrainedModel | str | os.PathLike[str]
 TokenizerSpec = PreTrainedTokenizerBase | str | os.PathLike[str]
 
+#: Set to 1 to see transformers' own loading output (weight-loading bars, load reports) again.
+VERBOSE_LOADING_VARIABLE = "TEXTENV_VERBOSE_LOADING"
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Inside: transformers prints no progress bars (loading or writing weights) and no load reports (a
+    new scalar head listed as MISSING, say), only errors; its settings are put back after.
+    ``TEXTENV_VERBOSE_LOADING=1`` turns this off, for debugging a load."""
+    if os.environ.get(VERBOSE_LOADING_VARIABLE, "") not in ("", "0"):
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
 
 def load_causal_lm(
     spec: ModelSpec, *, device: torch.device | None = None, trust_remote_code: bool = False
@@ -29,9 +56,10 @@ def load_causal_lm(
     if isinstance(spec, PreTrainedModel):
         model = spec
     elif isinstance(spec, str | os.PathLike):
-        model = AutoModelForCausalLM.from_pretrained(
-            os.fspath(spec), use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        with quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(
+                os.fspath(spec), use_safetensors=True, trust_remote_code=trust_remote_code
+            )
     else:
         raise TypeError(
             "a policy or reference must be a transformers PreTrainedModel, a local directory or a hub "
@@ -47,7 +75,8 @@ def load_tokenizer(spec: TokenizerSpec, *, trust_remote_code: bool = False) -> P
     if isinstance(spec, PreTrainedTokenizerBase):
         return spec
     if isinstance(spec, str | os.PathLike):
-        return AutoTokenizer.from_pretrained(os.fspath(spec), trust_remote_code=trust_remote_code)
+        with quiet_loading():
+            return AutoTokenizer.from_pretrained(os.fspath(spec), trust_remote_code=trust_remote_code)
     raise TypeError(
         "tokenizer must be a transformers tokenizer, a local directory or a hub name; "
         f"got {type(spec).__name__}"

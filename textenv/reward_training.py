@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.atomic import atomic_folder
-from textenv.config import check_text
-from textenv.models import load_tokenizer, model_device
+from textenv.config import check_float, check_int, check_text
+from textenv.models import load_tokenizer, model_device, quiet_loading
 from textenv.rewards import ClassifierReward, position_limit
 
 
@@ -178,6 +178,20 @@ class RewardTrainingConfig:
     max_length: int | None = field(default=None, metadata={"help": "truncate texts to this many tokens"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the initial head and the batch order"})
 
+    def __post_init__(self) -> None:
+        """Check every setting (a wrong type is a ``TypeError``, a value out of range a ``ValueError``)."""
+        check_float("epochs", self.epochs, above=0.0)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_float("learning_rate", self.learning_rate, above=0.0)
+        check_float("weight_decay", self.weight_decay, minimum=0.0)
+        for name in ("warmup_fraction", "eval_fraction"):
+            value = check_float(name, getattr(self, name), minimum=0.0)
+            if value is not None and value >= 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        check_float("max_grad_norm", self.max_grad_norm, above=0.0)
+        check_int("max_length", self.max_length, minimum=1, optional=True)
+        check_int("seed", self.seed, minimum=0)
+
 
 @dataclass
 class RewardTrainingResult:
@@ -270,10 +284,11 @@ def _load_base(base: Any, trust_remote_code: bool) -> PreTrainedModel:
             )
         return base
     if isinstance(base, str | os.PathLike):
-        # a causal LM checkpoint gets a new scalar head on its trunk (transformers warns that it is new)
-        return AutoModelForSequenceClassification.from_pretrained(
-            os.fspath(base), num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
+        # a causal LM checkpoint gets a new scalar head on its trunk, on purpose: no report of it
+        with quiet_loading():
+            return AutoModelForSequenceClassification.from_pretrained(
+                os.fspath(base), num_labels=1, use_safetensors=True, trust_remote_code=trust_remote_code
+            )
     raise TypeError(f"base must be a model, a local directory or a hub name; got {type(base).__name__}")
 
 
@@ -304,7 +319,8 @@ def train_reward_model(
     Returns:
         The trained model (in eval mode, ``config.pad_token_id`` set so it scores padded batches), its
         tokenizer, metrics (``train/loss``, ``train/accuracy`` over the last 10% of steps,
-        ``eval/loss``, ``eval/accuracy``, sizes and seconds) and the held-out pairs.
+        ``eval/loss``, ``eval/accuracy``, sizes and seconds) and the held-out pairs. With nothing held out
+        (``eval_fraction=0``, or one comparison group, which warns) the ``eval/`` figures are NaN.
     """
     config = config or RewardTrainingConfig()
     start = time.perf_counter()
@@ -319,6 +335,14 @@ def train_reward_model(
         units = _units(data)
         order = rng.permutation(len(units))
         held = round(config.eval_fraction * len(units))
+        if config.eval_fraction > 0 and len(units) > 1:
+            held = max(1, held)  # a few groups still get a held-out one
+        elif config.eval_fraction > 0:
+            warnings.warn(
+                "the pairs form a single comparison group, so none can be held out: eval/loss and "
+                "eval/accuracy are NaN; give more groups or eval_pairs= to measure held-out accuracy",
+                stacklevel=2,
+            )
         eval_pairs = [data[i] for u in order[:held] for i in units[u]]
         data = [data[i] for u in order[held:] for i in units[u]]
         if not data:
@@ -414,6 +438,7 @@ def train_reward_model(
         "train/groups": float(len(units)),
         "train/steps": float(total),
     }
+    metrics.update({"eval/loss": math.nan, "eval/accuracy": math.nan, "eval/pairs": 0.0})
     if eval_pairs:
         chosen, rejected = _texts(eval_pairs)
         scores_np = score_texts(model, tok, chosen + rejected, max_length=max_length)
@@ -435,7 +460,7 @@ def save_reward_model(
     as a finished model. ``metadata`` is written as ``training_metrics.json`` inside it.
     """
     path = Path(directory)
-    with atomic_folder(path, marker="config.json") as tmp:
+    with atomic_folder(path, marker="config.json") as tmp, quiet_loading():
         result.model.save_pretrained(tmp)
         result.tokenizer.save_pretrained(tmp)
         if metadata is not None:
@@ -448,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="textenv-train-rm",
         description="Train a scalar reward model on pairwise preferences "
         "(JSON Lines of prompt/chosen/rejected).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "pairs", help="JSON Lines file of {'prompt', 'chosen', 'rejected'} records, optionally with 'group'"
@@ -458,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-pairs", default=None, help="held-out JSON Lines file (default: a split)")
     parser.add_argument("--device", default=None, help="torch device (default: cpu)")
     for f in fields(RewardTrainingConfig):
-        kind = float if f.type in ("float", float) else int
+        kind = float if str(f.type).startswith("float") else int
         parser.add_argument(
             f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=f.metadata.get("help")
         )

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -32,7 +34,7 @@ from transformers.pipelines import Pipeline
 
 from textenv.atomic import MANIFEST, verify_manifest
 from textenv.errors import RewardModelError
-from textenv.models import evaluating, load_tokenizer, model_device
+from textenv.models import evaluating, load_tokenizer, model_device, quiet_loading
 
 TextInputs = Literal["prompt+response", "response", "pair"]
 
@@ -130,9 +132,20 @@ class ClassifierReward:
             source: Any = os.fspath(model)
             if os.path.isfile(os.path.join(source, MANIFEST)):
                 verify_manifest(source)  # a folder saved by textenv: refuse a truncated or altered file
-            classifier = AutoModelForSequenceClassification.from_pretrained(
-                source, use_safetensors=True, trust_remote_code=trust_remote_code
-            )
+            with quiet_loading():
+                classifier, info = AutoModelForSequenceClassification.from_pretrained(
+                    source,
+                    use_safetensors=True,
+                    trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
+                )
+            if info.get("missing_keys"):
+                warnings.warn(
+                    f"{source} has no weights for {', '.join(sorted(info['missing_keys'])[:3])}: they were "
+                    "initialised at random, so its scores are noise. Is it a reward model (a sequence "
+                    "classifier), or a causal LM? Train one with textenv.reward_training.",
+                    stacklevel=2,
+                )
         elif isinstance(model, PreTrainedModel):
             classifier = model
             source = model.config._name_or_path or None
@@ -292,12 +305,16 @@ def as_reward_model(
     """Turn ``spec`` into a :class:`RewardModel`.
 
     ``spec`` may be a reward model already (anything with ``score``), a transformers ``Pipeline``, a
-    sequence-classification model object, a local directory or hub name of one, or a plain callable
-    ``(prompts, responses) -> sequence of float``. ``label`` names the scored label of multi-label
-    classifiers and pipelines.
+    sequence-classification model object, a local directory or hub name of one, a plain callable
+    ``(prompts, responses) -> sequence of float``, or the import path of any of these as a string,
+    ``"package.module:name"`` or ``"path/to/file.py:name"`` (a class there is called with no arguments).
+    ``label`` names the scored label of multi-label classifiers and pipelines.
     """
     if isinstance(spec, Pipeline):
         return PipelineReward(spec, label=None if label is None else str(label))
+    if isinstance(spec, str) and is_import_spec(spec) and not os.path.exists(spec):
+        found = load_import_spec(spec)
+        return as_reward_model(found() if isinstance(found, type) else found, label=label, device=device)
     if isinstance(spec, PreTrainedModel | str | os.PathLike):
         return ClassifierReward(spec, label=label, device=device, trust_remote_code=trust_remote_code)
     if isinstance(spec, RewardModel):
@@ -309,6 +326,62 @@ def as_reward_model(
         "transformers Pipeline, a sequence classifier, or a local directory / hub name of one; "
         f"got {type(spec).__name__}"
     )
+
+
+_NAME = r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*"  # a dotted Python name
+_IMPORT_SPEC = re.compile(rf"^(?:{_NAME}|[^:]+\.py):{_NAME}$")  # module:name or file.py:name
+
+
+def is_import_spec(text: str) -> bool:
+    """Whether ``text`` reads as ``module:name`` or ``file.py:name`` (hub names and paths have no colon)."""
+    return bool(_IMPORT_SPEC.match(text))
+
+
+def load_import_spec(spec: str) -> Any:
+    """The object that ``"package.module:name"`` or ``"path/to/file.py:name"`` names (``name`` may be
+    dotted: ``module:Class.method``). A module not found on ``sys.path`` is looked for in the current
+    directory too, as ``python -m`` would.
+
+    Raises:
+        ValueError: the module or the name is not there (the message says which).
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ValueError(f"{spec!r}: no file {where}")
+        module_name = "_textenv_user_" + re.sub(r"\W", "_", os.path.abspath(where))
+        module = sys.modules.get(module_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(module_name, where)
+            assert loader_spec is not None and loader_spec.loader is not None
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            loader_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as error:
+            here = os.getcwd()
+            if error.name != where.split(".")[0] or here in sys.path or "" in sys.path:
+                raise ValueError(f"{spec!r}: cannot import {where}: {error}") from error
+            sys.path.insert(0, here)
+            try:
+                module = importlib.import_module(where)
+            except ModuleNotFoundError:
+                sys.path.remove(here)
+                raise ValueError(
+                    f"{spec!r}: no module {where} on the Python path or in the current directory"
+                ) from error
+    found: Any = module
+    for part in name.split("."):
+        if not hasattr(found, part):
+            raise ValueError(f"{spec!r}: {where} has no {name}")
+        found = getattr(found, part)
+    return found
 
 
 def _as_floats(raw: Any) -> np.ndarray:

@@ -55,13 +55,28 @@ def load_manifest(assets: Path, rebuild: str = "the task's build command") -> di
     return dict(json.loads(path.read_text(encoding="utf-8")))
 
 
-def verify_assets(assets: Path, rebuild: str = "the task's build command") -> dict[str, Any]:
+def verify_assets(
+    assets: Path, rebuild: str = "the task's build command", manifest_sha256: str | None = None
+) -> dict[str, Any]:
     """Check every file listed in the manifest against its sha256; returns the manifest.
 
+    ``manifest_sha256`` pins the manifest itself: the hash a release shipped, written in the task's source
+    (:attr:`Task.manifest_sha256`), which no build writes. A rebuild into the shipped folder rewrites the
+    files and their manifest together, so only the pin can tell that they are no longer the shipped ones.
+
     Raises:
-        AssetError: naming the first missing or changed file.
+        AssetError: naming the first missing or changed file, or a manifest that is not the pinned one.
     """
     manifest = load_manifest(assets, rebuild)
+    if manifest_sha256:
+        digest = file_sha256(Path(assets) / MANIFEST)
+        if digest != manifest_sha256:
+            raise AssetError(
+                f"{Path(assets) / MANIFEST} is not the manifest this version of textenv shipped (sha256 "
+                f"{digest[:12]}... != pinned {manifest_sha256[:12]}...): the assets were rebuilt or changed "
+                "in place. Reinstall the package (or `git checkout` the assets folder); to ship a rebuild on "
+                f"purpose, set the task's manifest_sha256 to {digest}"
+            )
     for name, entry in manifest["files"].items():
         path = Path(assets) / name
         if not path.is_file():
@@ -96,6 +111,8 @@ class Task:
         budget: response tokens per run in the suite benchmark (``benchmarks/suite.py``).
         columns: the task's own ``evaluate`` keys worth a table column: ``(key, header, format)``.
         build_module: the module whose ``python -m`` rebuilds the assets.
+        manifest_sha256: sha256 of the shipped ``manifest.json``, kept in the source so that a rebuild
+            cannot rewrite it (``""``: not pinned, e.g. a task of your own still being built).
     """
 
     name: str
@@ -111,10 +128,11 @@ class Task:
     budget: int = 100_000
     columns: tuple[tuple[str, str, str], ...] = ()
     build_module: str = ""
+    manifest_sha256: str = ""
 
     @property
     def rebuild_command(self) -> str:
-        return f"python -m {self.build_module or f'textenv.tasks.{self.name}.build'}"
+        return f"python -m {self.build_module or f'textenv.tasks.{self.name}.build'} --in-place"
 
     @property
     def best_gold(self) -> float:
@@ -126,8 +144,9 @@ class Task:
         return load_manifest(self.assets, self.rebuild_command)
 
     def verify_assets(self) -> dict[str, Any]:
-        """Check the shipped files against the manifest (sha256); returns it. Raises :class:`AssetError`."""
-        return verify_assets(self.assets, self.rebuild_command)
+        """Check the shipped files against the manifest (sha256) and the manifest against the pin in the
+        source (:attr:`manifest_sha256`); returns it. Raises :class:`AssetError`."""
+        return verify_assets(self.assets, self.rebuild_command, self.manifest_sha256 or None)
 
     def prompts(self) -> list[str]:
         """The task's prompts as shipped."""

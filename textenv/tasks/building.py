@@ -471,16 +471,23 @@ def _reward_model_quality(
 def main(
     recipe: Recipe, default_out: Path, description: str, argv: list[str] | None = None
 ) -> dict[str, Any]:
-    """The command line of a task's build: ``python -m textenv.tasks.NAME.build [--tiny] [--out DIR]``.
+    """The command line of a task's build: ``python -m textenv.tasks.NAME.build (--out DIR | --in-place)``.
 
-    ``--tiny`` runs the whole pipeline at toy sizes in seconds; it writes to ``build/NAME/tiny-assets``
-    unless ``--out`` says otherwise, never over the shipped assets.
+    A build writes into the package's own assets (``default_out``) only with ``--in-place``; otherwise
+    ``--out`` names the folder. ``--tiny`` runs the whole pipeline at toy sizes in seconds, into
+    ``build/NAME/tiny-assets`` unless ``--out`` says otherwise, and never in place. After an in-place build
+    the new manifest's sha256 is printed: the task's ``manifest_sha256`` in the source must be set to it by
+    hand before ``verify_assets()`` accepts the rebuild, so no build can pass for the shipped one.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--out", type=Path, default=None, help=f"where the shipped files go (default {default_out})"
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", type=Path, default=None, help="the folder to write the task's files in")
+    where.add_argument(
+        "--in-place",
+        action="store_true",
+        help=f"write over the shipped files in the package ({default_out}); for maintainers",
     )
     parser.add_argument(
         "--work-dir",
@@ -505,7 +512,18 @@ def main(
         value = getattr(args, f.name)
         if value is not None:
             config = replace(config, **{f.name: value})
-    out = args.out if args.out is not None else (args.work_dir / "tiny-assets" if args.tiny else default_out)
+    if args.in_place and args.tiny:
+        parser.error("--tiny never writes over the shipped files: drop --in-place (or give --out)")
+    if args.in_place:
+        out = default_out
+    elif args.out is not None:
+        out = args.out
+        if out.resolve() == Path(default_out).resolve():
+            parser.error(f"--out {out} is the package's shipped assets folder: pass --in-place to mean it")
+    elif args.tiny:
+        out = args.work_dir / "tiny-assets"
+    else:
+        parser.error(f"say where the files go: --out DIR, or --in-place to replace {default_out}")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     start = time.perf_counter()
@@ -514,4 +532,9 @@ def main(
     size = sum(entry["bytes"] for entry in manifest["files"].values())
     print(f"built {len(manifest['files'])} files ({size / 1e6:.2f} MB) in {out} in {seconds:.0f}s")
     print(json.dumps(manifest["quality"], indent=2))
+    if args.in_place:
+        print(
+            f"the shipped files were replaced; verify_assets() refuses them until the task's manifest_sha256 "
+            f"(in the task's __init__.py) is set to {file_sha256(out / MANIFEST)}"
+        )
     return manifest

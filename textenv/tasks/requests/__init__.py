@@ -193,6 +193,7 @@ TASK = Task(
         ("mention_rate", "subject named", "{:.1%}"),
         ("grammatical_rate", "grammatical", "{:.1%}"),
     ),
+    manifest_sha256="6205b85ed101de4522e9d135a8e656b3268c7e5af9074a27a4f492cb5d2db550",
 )
 
 __all__ = [

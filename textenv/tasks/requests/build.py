@@ -1,8 +1,8 @@
 """Build the requests task's assets: a policy pretrained on requests answered by a careless crowd, and a
 reward model learned from labellers who judge how well a review meets its request.
 
-    python -m textenv.tasks.requests.build           # rebuild the shipped assets (about 9 minutes, 2 cores)
-    python -m textenv.tasks.requests.build --tiny    # seconds, into build/requests/tiny-assets
+    python -m textenv.tasks.requests.build --in-place    # rebuild the shipped assets (about 9 min, 2 cores)
+    python -m textenv.tasks.requests.build --tiny          # seconds, into build/requests/tiny-assets
 
 The stages are :mod:`textenv.tasks.building`'s: corpus and tokenizer, pretraining, comparison groups of six
 of the policy's samples for one request (in 30% of the groups one sample is corrupted as in the default
@@ -44,7 +44,7 @@ def recipe(config: BuildConfig | None = None) -> Recipe:
 
 
 def build(
-    out: Path = requests.ASSETS, work_dir: Path = Path("build/requests"), config: BuildConfig | None = None
+    out: Path, work_dir: Path = Path("build/requests"), config: BuildConfig | None = None
 ) -> dict[str, Any]:
     return building.build(recipe(config), out, work_dir)
 

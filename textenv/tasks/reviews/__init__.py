@@ -31,7 +31,7 @@ from textenv.tasks.reviews.gold import (
 from textenv.tasks.reviews.grammar import default_prompts, parse, sample_corpus, sample_review
 
 ASSETS = Path(__file__).resolve().parent / "assets"
-REBUILD = "python -m textenv.tasks.reviews.build"
+REBUILD = "python -m textenv.tasks.reviews.build --in-place"
 
 #: Environment settings of the default task (the constructors' defaults when no policy is given).
 ENV_DEFAULTS: dict[str, Any] = {"max_new_tokens": 24, "max_prompt_tokens": 16}
@@ -56,6 +56,7 @@ TASK = Task(
         ("mean_words", "words", "{:.1f}"),
     ),
     build_module="textenv.tasks.reviews.build",
+    manifest_sha256="9dde8beab006690dbf1a88c5feb02375cdf0ce552ff452b36bfeae678a38127a",
 )
 
 
@@ -65,12 +66,14 @@ def load_manifest(assets: Path = ASSETS) -> dict[str, Any]:
 
 
 def verify_assets(assets: Path = ASSETS) -> dict[str, Any]:
-    """Check every file listed in the manifest against its sha256; returns the manifest.
+    """Check every file listed in the manifest against its sha256 (and, for the shipped folder, the
+    manifest against the hash pinned in :data:`TASK`); returns the manifest.
 
     Raises:
         AssetError: naming the first missing or changed file.
     """
-    return base.verify_assets(assets, REBUILD)
+    pinned = TASK.manifest_sha256 if Path(assets).resolve() == ASSETS else None
+    return base.verify_assets(assets, REBUILD, pinned)
 
 
 def load_prompts(assets: Path = ASSETS) -> list[str]:

@@ -1,7 +1,7 @@
 """Build the default task's assets from nothing: the three stages of RLHF's set-up in miniature.
 
-    python -m textenv.tasks.reviews.build    # rebuild the shipped assets (under 10 minutes, 2 cores)
-    python -m textenv.tasks.reviews.build --tiny    # seconds, into build/reviews/tiny-assets
+    python -m textenv.tasks.reviews.build --in-place    # rebuild the shipped assets (under 10 min, 2 cores)
+    python -m textenv.tasks.reviews.build --tiny          # seconds, into build/reviews/tiny-assets
 
 1. **Corpus**: reviews drawn from the grammar (:mod:`~textenv.tasks.reviews.grammar`).
 2. **Tokenizer**: a byte-level BPE trained on the corpus with the ``tokenizers`` library.
@@ -15,10 +15,10 @@
    with standard deviation 1.
 6. **Evaluation and manifest**: quality figures against gold, and the sha256 of every shipped file.
 
-The stages are :mod:`textenv.tasks.building`'s, shared by every task. Shipped files go to ``--out`` (the
-package's ``assets`` directory by default); the preference data and a timing report go to ``--work-dir``.
-Same seed, same machine and library versions: the same files (torch runs on a fixed number of threads for
-that reason).
+The stages are :mod:`textenv.tasks.building`'s, shared by every task. The files go to ``--out DIR``, or
+over the package's own ``assets`` with ``--in-place`` (then pin the new manifest's sha256 in the task);
+the preference data and a timing report go to ``--work-dir``. Same seed, same machine and library
+versions: the same files (torch runs on a fixed number of threads for that reason).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def recipe(config: BuildConfig | None = None) -> Recipe:
 
 
 def build(
-    out: Path = ASSETS,
+    out: Path,
     work_dir: Path = Path("build/reviews"),
     config: BuildConfig | None = None,
     progress: bool = False,

@@ -177,6 +177,7 @@ TASK = Task(
         ("position_accuracy", "positions right", "{:.1%}"),
         ("permutation_rate", "permutation", "{:.1%}"),
     ),
+    manifest_sha256="dd543321eeee2e35d7f30109b73d39ed4535ce3c2540cf05a53b2905757a4463",
 )
 
 __all__ = [

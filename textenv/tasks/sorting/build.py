@@ -1,7 +1,7 @@
 """Build the sorting task's assets: a tokenizer and a small GPT-2 pretrained on a sloppy sorter's work.
 
-    python -m textenv.tasks.sorting.build           # rebuild the shipped assets (about 3 minutes, 2 cores)
-    python -m textenv.tasks.sorting.build --tiny    # seconds, into build/sorting/tiny-assets
+    python -m textenv.tasks.sorting.build --in-place    # rebuild the shipped assets (about 3 min, 2 cores)
+    python -m textenv.tasks.sorting.build --tiny          # seconds, into build/sorting/tiny-assets
 
 The reward is a checker, not a learned model, so the build stops after the policy: corpus and tokenizer,
 pretraining, the reference's quality on fresh samples, the manifest (stages of
@@ -35,7 +35,7 @@ def recipe(config: BuildConfig | None = None) -> Recipe:
 
 
 def build(
-    out: Path = sorting.ASSETS, work_dir: Path = Path("build/sorting"), config: BuildConfig | None = None
+    out: Path, work_dir: Path = Path("build/sorting"), config: BuildConfig | None = None
 ) -> dict[str, Any]:
     return building.build(recipe(config), out, work_dir)
 

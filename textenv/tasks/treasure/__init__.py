@@ -167,6 +167,7 @@ TASK = Task(
         ("mean_closest", "closest", "{:.2f}"),
         ("mean_moves", "moves", "{:.1f}"),
     ),
+    manifest_sha256="e18fb392468407b8715216fc025adddc477240630e898dfd3048cacd51234ed6",
 )
 
 __all__ = [

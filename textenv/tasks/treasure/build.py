@@ -1,7 +1,7 @@
 """Build the treasure task's assets: a tokenizer and a small GPT-2 pretrained on persistent random walks.
 
-    python -m textenv.tasks.treasure.build           # rebuild the shipped assets (about 2 minutes, 2 cores)
-    python -m textenv.tasks.treasure.build --tiny    # seconds, into build/treasure/tiny-assets
+    python -m textenv.tasks.treasure.build --in-place    # rebuild the shipped assets (about 2 min, 2 cores)
+    python -m textenv.tasks.treasure.build --tiny          # seconds, into build/treasure/tiny-assets
 
 The reward is a rule, not a learned model, so the build stops after the policy: corpus and tokenizer,
 pretraining, the reference's quality on fresh samples, the manifest (stages of
@@ -37,7 +37,7 @@ def recipe(config: BuildConfig | None = None) -> Recipe:
 
 
 def build(
-    out: Path = treasure.ASSETS, work_dir: Path = Path("build/treasure"), config: BuildConfig | None = None
+    out: Path, work_dir: Path = Path("build/treasure"), config: BuildConfig | None = None
 ) -> dict[str, Any]:
     return building.build(recipe(config), out, work_dir)
 

@@ -1,8 +1,8 @@
 """Build the verbosity task's assets: a policy pretrained on reviews of one to five sentences, and a reward
 model learned from labellers who partly reward length.
 
-    python -m textenv.tasks.verbosity.build           # rebuild the shipped assets (about 12 minutes, 2 cores)
-    python -m textenv.tasks.verbosity.build --tiny    # seconds, into build/verbosity/tiny-assets
+    python -m textenv.tasks.verbosity.build --in-place    # rebuild the shipped assets (about 12 min, 2 cores)
+    python -m textenv.tasks.verbosity.build --tiny          # seconds, into build/verbosity/tiny-assets
 
 The stages are :mod:`textenv.tasks.building`'s: corpus and tokenizer, pretraining, comparison groups of six
 of the policy's samples labelled by the biased labellers (:func:`textenv.tasks.verbosity.labeller_utility`;
@@ -43,7 +43,7 @@ def recipe(config: BuildConfig | None = None) -> Recipe:
 
 
 def build(
-    out: Path = verbosity.ASSETS, work_dir: Path = Path("build/verbosity"), config: BuildConfig | None = None
+    out: Path, work_dir: Path = Path("build/verbosity"), config: BuildConfig | None = None
 ) -> dict[str, Any]:
     return building.build(recipe(config), out, work_dir)
 
