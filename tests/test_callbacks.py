@@ -115,3 +115,18 @@ def test_run_logger_writes_the_folder_as_training_goes(make_agent_env, tmp_path)
     assert parse_report_to("tensorboard, wandb") == ["tensorboard", "wandb"] and parse_report_to("none") == []
     with pytest.raises(ValueError, match="unknown"):
         parse_report_to("mlflow")
+
+
+def test_evaluating_during_training_does_not_change_training(make_agent_env):
+    def train(callback):
+        agent = PPO(make_agent_env(), seed=0, num_minibatches=2, num_epochs=1)
+        agent.learn(300, callback=callback)
+        timing = ("charts/rollout_seconds", "charts/update_seconds", "charts/tokens_per_second")
+        return [
+            {k: v for k, v in row.items() if not k.startswith("eval/") and k not in timing}
+            for row in agent.history
+        ]
+
+    plain = train(None)
+    assert len(plain) >= 3
+    assert train(EvalCallback(eval_every=1, episodes=8)) == plain  # own env, own RNG, beta untouched
