@@ -64,9 +64,16 @@ class TensorBoardLogger:
 
 
 class WandbLogger:
-    """Metrics to a Weights & Biases run (one per run folder: a resumed run continues the same W&B run)."""
+    """Metrics to a Weights & Biases run; the same ``run_id`` (the training command keeps one per run
+    folder, in ``config.json``) continues the same W&B run."""
 
-    def __init__(self, run_dir: str | Path, project: str = "textenv", config: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        project: str = "textenv",
+        config: dict[str, Any] | None = None,
+        run_id: str | None = None,
+    ):
         try:
             import wandb
         except ImportError as error:
@@ -74,11 +81,11 @@ class WandbLogger:
                 'report_to="wandb" needs the wandb package: pip install "textenv[wandb]"'
             ) from error
         run_dir = Path(run_dir)
-        run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in run_dir.resolve().name)[:64]
+        run_id = "".join(c if c.isalnum() or c in "-_" else "-" for c in (run_id or run_dir.resolve().name))
         self.run = wandb.init(
             project=project,
             name=run_dir.name,
-            id=run_id,
+            id=run_id[-64:],
             resume="allow",
             dir=str(run_dir),
             config=config or {},
@@ -119,6 +126,7 @@ class RunLogger(BaseCallback):
             and at the end).
         config: the run's settings, for W&B.
         wandb_project: the W&B project.
+        run_id: the W&B run's id (default: the folder's name); a resumed run passes the same.
         print_line: a function that turns the metrics into the line printed per iteration (None: silent).
     """
 
@@ -131,6 +139,7 @@ class RunLogger(BaseCallback):
         config: dict[str, Any] | None = None,
         wandb_project: str = "textenv",
         print_line: Any = None,
+        run_id: str | None = None,
     ):
         super().__init__()
         self.run_dir = Path(run_dir)
@@ -139,6 +148,7 @@ class RunLogger(BaseCallback):
         self.plot_every = plot_every
         self.config = config
         self.wandb_project = wandb_project
+        self.run_id = run_id
         self.print_line = print_line
         self.loggers: list[Any] = []
 
@@ -156,7 +166,7 @@ class RunLogger(BaseCallback):
             if name == "tensorboard":
                 self.loggers.append(TensorBoardLogger(self.run_dir / "tensorboard"))
             elif name == "wandb":
-                self.loggers.append(WandbLogger(self.run_dir, self.wandb_project, self.config))
+                self.loggers.append(WandbLogger(self.run_dir, self.wandb_project, self.config, self.run_id))
 
     def _on_step(self) -> bool:
         metrics = self.locals["metrics"]

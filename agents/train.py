@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import secrets
 import sys
 import time
 from dataclasses import MISSING, fields
@@ -423,8 +424,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         timesteps = args.timesteps if args.timesteps is not None else saved["timesteps"]
         checkpoint = newest_checkpoint(run_dir)
         if args.device is not None:  # the same run on another device
-            env_kwargs = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))["config"]
-            overrides["env_kwargs"] = env_kwargs["env_kwargs"] | {"device": args.device}
+            state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+            overrides["env_kwargs"] = state["config"]["env_kwargs"] | {"device": args.device}
         agent = classes[name].load(checkpoint, "TextRLHF-v0", **overrides)
         before = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["before"]
         before_rows = json.loads((run_dir / "samples_before.json").read_text(encoding="utf-8"))
@@ -443,6 +444,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     spec = evaluation.find_task(agent)
     config = {
         "agent": name,
+        # names the run for loggers that keep runs apart (W&B), the same when it is resumed
+        "run_id": saved.get("run_id") or f"{run_dir.name}-{secrets.token_hex(4)}",
         "task": spec.name if spec is not None else None,
         "parts": parts,
         "eval_prompts": eval_prompts,
@@ -487,6 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             plot_every=0 if args.eval_every else 10,
             config=config,
             wandb_project=args.wandb_project,
+            run_id=config["run_id"],
             print_line=None if args.quiet else lambda m: _print(_iteration_line(m)),
         )
     )

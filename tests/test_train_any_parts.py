@@ -38,7 +38,16 @@ def own_parts(tmp_path, monkeypatch, tokenizer):
 
 
 def test_own_policy_by_path_and_reward_as_module_function_then_resume(own_parts, capsys):
-    parts = ["--policy", "lm", "--reward-model", "my_rewards:score", "--prompts", "prompts.txt"]
+    parts = [
+        "--policy",
+        "lm",
+        "--reference",
+        "lm",
+        "--reward-model",
+        "my_rewards:score",
+        "--prompts",
+        "prompts.txt",
+    ]
     sizes = ["--max-new-tokens", "6", "--eval-every", "2", "--eval-every-episodes", "8"]
     summary = main([*parts, *sizes, "--timesteps", "150", "--run-dir", "run", *TINY])
     out = capsys.readouterr().out
@@ -55,6 +64,7 @@ def test_own_policy_by_path_and_reward_as_module_function_then_resume(own_parts,
     assert evaluated == [i for i in range(1, len(rows) + 1) if i % 2 == 0] and evaluated
     assert {"eval/kl", "eval/length", "eval/distinct_2"} <= set(rows[1]) and "gold/score" not in rows[0]
     assert set(summary["after"]) >= {"rm_score", "kl", "length", "distinct_2"}
+    assert summary["before"]["kl"] == pytest.approx(0.0, abs=1e-4)  # the reference is the same LM, by path
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert "eval/rm_score" in header and len((run / "metrics.csv").read_text().splitlines()) == len(rows) + 1
     # the reward model is the user's function: the score of a response is its lexicon sentiment
@@ -63,7 +73,7 @@ def test_own_policy_by_path_and_reward_as_module_function_then_resume(own_parts,
 
     # another process resumes it: the module is imported again from the run's recorded parts
     sys.modules.pop("my_rewards", None)
-    main(["--resume", "run", "--timesteps", "300", *TINY])
+    main(["--resume", "run", "--timesteps", "300", "--device", "cpu", *TINY])  # --device: the run, moved
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert resumed[: len(rows)] == rows and resumed[-1]["charts/timesteps"] >= 300
     assert [r["charts/iteration"] for r in resumed] == list(range(1, len(resumed) + 1))
@@ -196,6 +206,7 @@ def test_report_to_wandb_logs_the_same_names(tmp_path, monkeypatch):
         ]
     )
     assert runs[0]["project"] == "mine" and runs[0]["resume"] == "allow" and runs[0]["finished"]
+    assert runs[0]["id"] == json.loads((run / "config.json").read_text())["run_id"][-64:]
     assert runs[0]["config"]["agent"] == "ppo"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [step for _, step in logged] == [int(r["charts/timesteps"]) for r in rows]
