@@ -125,15 +125,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch = parser.add_argument_group("evaluation, logging and checkpoints")
     watch.add_argument(
-        "--eval-every", type=int, default=10, help="evaluate every N iterations during training (0: never)"
+        "--eval-every",
+        type=int,
+        default=10,
+        help="evaluate every N iterations during training (0: never; default 10)",
     )
     watch.add_argument(
-        "--eval-every-episodes", type=int, default=256, help="episodes of each evaluation during training"
+        "--eval-every-episodes",
+        type=int,
+        default=256,
+        help="episodes of each evaluation during training (default 256)",
     )
-    watch.add_argument("--eval-episodes", type=int, default=512, help="episodes of the before/after table")
-    watch.add_argument("--samples", type=int, default=6, help="sample responses to show before and after")
     watch.add_argument(
-        "--save-every", type=int, default=25, help="checkpoint every N iterations (0: end only)"
+        "--eval-episodes", type=int, default=512, help="episodes of the before/after table (default 512)"
+    )
+    watch.add_argument(
+        "--samples", type=int, default=6, help="sample responses to show before and after (default 6)"
+    )
+    watch.add_argument(
+        "--save-every", type=int, default=25, help="checkpoint every N iterations (0: end only; default 25)"
     )
     watch.add_argument(
         "--stop-when",
@@ -144,9 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument(
         "--report-to",
         default="none",
-        help="where metrics go besides the run folder: none, tensorboard, wandb, or both (tensorboard,wandb)",
+        help="where metrics go besides the run folder: none (default), tensorboard, wandb, or both "
+        "(tensorboard,wandb)",
     )
-    watch.add_argument("--wandb-project", default="textenv", help="W&B project (with --report-to wandb)")
+    watch.add_argument(
+        "--wandb-project", default="textenv", help="W&B project (with --report-to wandb; default textenv)"
+    )
     env = parser.add_argument_group("environment (default: the task's, or the env's)")
     env.add_argument("--kl-coef", type=float, help="initial beta (default 0.2)")
     env.add_argument("--kl-target", type=_parse_value, help="adaptive-beta KL target in nats, or none (6)")
