@@ -13,7 +13,9 @@ All three train against ``TextRLHF-v0``'s vector env through the Gymnasium API a
     agent = PPO(env, seed=0).learn(total_timesteps=100_000, progress_bar=True)
     agent.save("runs/my-ppo")
 
-The training command: ``python -m agents.train --help``.
+Callbacks in SB3's shape (evaluation, checkpoints, a stop on a threshold) are in ``agents.callbacks``;
+the run folder and the TensorBoard / W&B loggers in ``agents.reporting``. The training command:
+``python -m agents.train --help``.
 """
 
 from agents.base import Agent, AgentConfig, describe_config, make_env

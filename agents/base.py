@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
+from agents.callbacks import CallbackLike, make_callback
 from agents.core import sample_tokens
 from agents.policy import ActorCritic, Critic
 from agents.rollout import Exploration, Rollout, collect, constants_of
@@ -46,7 +47,7 @@ DEFAULT_ENV_KWARGS: dict[str, Any] = {"kl_coef": 0.2, "kl_target": 6.0, "kl_hori
 
 #: What ``learn`` takes as a callback: a :class:`agents.callbacks.BaseCallback`, a plain function
 #: ``callback(agent, metrics) -> bool | None`` (returning False stops ``learn``), or a list of them.
-Callback = Any
+Callback = CallbackLike
 
 
 def option(default: Any, help: str) -> Any:
@@ -200,17 +201,13 @@ class Agent:
             reference=self.env.unwrapped.reference if exploration is not None else None,  # type: ignore[attr-defined]
         )
 
-    def learn(
-        self, total_timesteps: int, callback: Callback | None = None, progress_bar: bool = False
-    ) -> Agent:
+    def learn(self, total_timesteps: int, callback: Callback = None, progress_bar: bool = False) -> Agent:
         """Train for ``total_timesteps`` more response tokens (summed over sub-envs); one iteration is a
         rollout of one episode per sub-env followed by an update.
 
         ``callback``: a :class:`agents.callbacks.BaseCallback` (SB3's shape; one step is one iteration), a
         function ``(agent, metrics)``, or a list of them; training stops early when one returns False.
         """
-        from agents.callbacks import make_callback
-
         hook = make_callback(callback)
         goal = self.num_timesteps + int(total_timesteps)
         bar = tqdm(total=int(total_timesteps), unit="tok", disable=not progress_bar, dynamic_ncols=True)
