@@ -19,6 +19,7 @@ from agents.base import Agent, make_env
 from agents.rollout import collect
 from textenv import tasks
 from textenv.tasks import Task
+from textenv.tasks.reviews.gold import distinct_n
 
 #: Columns of every before/after table: metric key, header, format (the task's own columns follow).
 SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -131,7 +132,7 @@ def evaluate(
         "rm_score": float(np.mean(scores)),
         "kl": float(np.mean(kls)),
         "length": float(np.mean(lengths)),
-        "distinct_2": distinct_2(responses),
+        "distinct_2": distinct_n(responses, 2),
     }
     rows: list[dict[str, Any]] = [
         {"prompt": p, "response": y, "score": s, "kl": k}
@@ -142,14 +143,6 @@ def evaluate(
         for row, g in zip(rows, spec.gold(prompts, responses), strict=True):
             row["gold"] = g
     return summary, rows
-
-
-def distinct_2(responses: list[str]) -> float:
-    """Distinct word bigrams over all bigrams of ``responses`` (split on whitespace): 1 is all different."""
-    bigrams = [
-        tuple(words[i : i + 2]) for words in (r.split() for r in responses) for i in range(len(words) - 1)
-    ]
-    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
 
 
 def eval_metric_name(key: str) -> str:

@@ -98,21 +98,21 @@ class WandbLogger:
         self.run.finish()
 
 
-def write_csv(rows: list[dict[str, float]], path: Path) -> None:
-    """Rows of metrics as CSV; the columns are every key of any row, in order of first appearance."""
-    keys: list[str] = []
-    seen: set[str] = set()
-    for row in rows:
-        for k in row:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
+def csv_columns(rows: list[dict[str, float]]) -> list[str]:
+    """Every key of any row, in order of first appearance."""
+    return list(dict.fromkeys(k for row in rows for k in row))
+
+
+def write_csv(rows: list[dict[str, float]], path: Path) -> list[str]:
+    """Rows of metrics as CSV (written whole, then renamed into place); returns the columns."""
+    keys = csv_columns(rows)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(path)
+    return keys
 
 
 class RunLogger(BaseCallback):
@@ -151,10 +151,15 @@ class RunLogger(BaseCallback):
         self.run_id = run_id
         self.print_line = print_line
         self.loggers: list[Any] = []
+        self.csv_keys: list[str] = []  # the columns metrics.csv has now
 
     @property
     def metrics_path(self) -> Path:
         return self.run_dir / "metrics.jsonl"
+
+    @property
+    def csv_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
 
     def _init_callback(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,6 +167,7 @@ class RunLogger(BaseCallback):
         from textenv.atomic import write_text
 
         write_text(self.metrics_path, "".join(json.dumps(row) + "\n" for row in self.agent.history))
+        self.csv_keys = write_csv(self.agent.history, self.csv_path)
         for name in self.names:
             if name == "tensorboard":
                 self.loggers.append(TensorBoardLogger(self.run_dir / "tensorboard"))
@@ -172,7 +178,11 @@ class RunLogger(BaseCallback):
         metrics = self.locals["metrics"]
         with self.metrics_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
-        write_csv(self.agent.history, self.run_dir / "metrics.csv")
+        if set(metrics) <= set(self.csv_keys):  # the usual case: one more row
+            with self.csv_path.open("a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, fieldnames=self.csv_keys).writerow(metrics)
+        else:  # a new column (the first evaluation, say): the file again, with it
+            self.csv_keys = write_csv(self.agent.history, self.csv_path)
         numbers = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)}
         for logger in self.loggers:
             logger.log(numbers, step=int(metrics["charts/timesteps"]))
@@ -192,7 +202,6 @@ class RunLogger(BaseCallback):
         )
 
     def _on_training_end(self) -> None:
-        write_csv(self.agent.history, self.run_dir / "metrics.csv")
         if self.agent.history:
             self.plot()
         for logger in self.loggers:

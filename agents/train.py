@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents.callbacks import BaseCallback
+
 AGENT_NAMES = ("ppo", "reinforce", "egreedy")
 #: Settings of the env a flag can give (``None``: the task's or the env's default).
 ENV_OPTIONS = (
@@ -52,7 +54,6 @@ ENV_OPTIONS = (
 )
 #: The run's parts: what the env is made of (recorded in config.json; a resumed run keeps them).
 PART_OPTIONS = ("task", "policy", "reference", "tokenizer", "reward_model", "prompts", "holdout")
-REPORT_TO = ("none", "tensorboard", "wandb")
 
 
 def agent_classes() -> dict[str, Any]:
@@ -332,17 +333,20 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return best
 
 
-class RolloutGold:
+class RolloutGold(BaseCallback):
     """Adds the task's gold of each training rollout to its metrics (``gold/score``, ...)."""
 
     def __init__(self, task: Any):
+        super().__init__()
         self.task = task
 
-    def __call__(self, agent: Any, metrics: dict[str, float]) -> None:
+    def _on_step(self) -> bool:
         from agents import evaluation
 
-        rollout = agent.last_rollout
-        metrics.update(evaluation.gold_metrics(self.task, rollout.prompts, rollout.responses))
+        rollout = self.agent.last_rollout
+        assert rollout is not None  # learn sets it before the callbacks run
+        self.locals["metrics"].update(evaluation.gold_metrics(self.task, rollout.prompts, rollout.responses))
+        return True
 
 
 def env_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | None, dict[str, Any]]:
@@ -373,7 +377,7 @@ def env_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | 
     if args.device is not None:
         kwargs["device"] = args.device
     reward = args.reward_model
-    if reward is not None and is_import_spec(reward) and not Path(reward).exists():
+    if reward is not None and is_import_spec(reward):
         try:
             load_import_spec(reward)  # a missing module or name is named now, before any model loads
         except ValueError as error:
@@ -395,7 +399,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     given = vars(args)
     from agents import evaluation
-    from agents.callbacks import CheckpointCallback, EvalCallback, FunctionCallback, StopTrainingOnThreshold
+    from agents.callbacks import CheckpointCallback, EvalCallback, StopTrainingOnThreshold
     from agents.reporting import RunLogger, parse_report_to
     from textenv import atomic
 
@@ -487,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     callbacks: list[Any] = []
     if spec is not None:
-        callbacks.append(FunctionCallback(RolloutGold(spec)))
+        callbacks.append(RolloutGold(spec))
     if args.eval_every:
         callbacks.append(
             EvalCallback(args.eval_every, episodes=args.eval_every_episodes, prompts=eval_prompts)

@@ -312,7 +312,7 @@ def as_reward_model(
     """
     if isinstance(spec, Pipeline):
         return PipelineReward(spec, label=None if label is None else str(label))
-    if isinstance(spec, str) and is_import_spec(spec) and not os.path.exists(spec):
+    if isinstance(spec, str) and is_import_spec(spec):
         found = load_import_spec(spec)
         return as_reward_model(found() if isinstance(found, type) else found, label=label, device=device)
     if isinstance(spec, PreTrainedModel | str | os.PathLike):
@@ -333,8 +333,9 @@ _IMPORT_SPEC = re.compile(rf"^(?:{_NAME}|[^:]+\.py):{_NAME}$")  # module:name or
 
 
 def is_import_spec(text: str) -> bool:
-    """Whether ``text`` reads as ``module:name`` or ``file.py:name`` (hub names and paths have no colon)."""
-    return bool(_IMPORT_SPEC.match(text))
+    """Whether ``text`` reads as ``module:name`` or ``file.py:name`` and is not an existing path (hub names
+    have no colon; a folder whose name has one is still a folder)."""
+    return bool(_IMPORT_SPEC.match(text)) and not os.path.exists(text)
 
 
 def load_import_spec(spec: str) -> Any:
