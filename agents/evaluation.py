@@ -14,8 +14,10 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from transformers import PreTrainedModel
 
 from agents.base import Agent, make_env
+from agents.policy import ActorCritic
 from agents.rollout import collect
 from textenv import tasks
 from textenv.tasks import Task
@@ -77,14 +79,29 @@ def make_eval_env(
     """A vector env sharing ``agent``'s models, with beta fixed at its current value: the agent's task
     (or ``task``) with its prompts, or, for an env that plays no task, that env's own prompts. ``prompts``
     replaces either (held-out prompts, say)."""
-    spec = find_task(agent, task)
-    engine = agent.env.unwrapped.engine  # type: ignore[attr-defined]
+    return eval_env_like(agent.env, agent.model.policy, num_envs, find_task(agent, task), prompts)
+
+
+def eval_env_like(
+    env: gym.Env | gym.vector.VectorEnv,
+    policy: PreTrainedModel,
+    num_envs: int = 256,
+    task: Task | None = None,
+    prompts: list[str] | None = None,
+) -> gym.vector.VectorEnv:
+    """A vector env with ``env``'s reference, tokenizer, reward model, lengths, temperature and KL estimator
+    (the very objects, not copies), beta fixed at ``env``'s current value, and ``policy`` as the policy
+    (``env``'s own, or one trained elsewhere from the same start). Prompts: ``prompts``, else ``task``'s,
+    else ``env``'s."""
+    engine: Any = getattr(env.unwrapped, "engine", None)
+    if engine is None:
+        raise TypeError(f"{type(env.unwrapped).__name__} is not a TextRLHF-v0 env")
     if prompts is None:
-        prompts = spec.prompts() if spec is not None else engine.config.prompts
+        prompts = task.prompts() if task is not None else engine.config.prompts
     return make_env(
         num_envs=num_envs,
-        task=spec.name if spec is not None else None,
-        policy=agent.model.policy,
+        task=task.name if task is not None else None,
+        policy=policy,
         reference=engine.reference,
         tokenizer=engine.tokenizer,
         reward_model=engine.reward_model,
@@ -98,14 +115,26 @@ def make_eval_env(
     )
 
 
+def actor_of(agent: Agent | ActorCritic | PreTrainedModel) -> ActorCritic:
+    """What samples for an evaluation: the agent's model, or a bare LM wrapped without a value head."""
+    if isinstance(agent, Agent):
+        return agent.model
+    if isinstance(agent, ActorCritic):
+        return agent
+    return ActorCritic(agent, critic="none")
+
+
 def evaluate(
-    agent: Agent,
+    agent: Agent | ActorCritic | PreTrainedModel,
     env: gym.vector.VectorEnv,
     episodes: int = 512,
     seed: int = 12345,
     task: str | Task | None = None,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Play ``episodes`` (rounded up to whole rollouts) with the agent's policy on ``env``.
+
+    ``agent`` may also be a bare causal LM (a policy trained elsewhere, e.g. by trl): it must be the policy
+    ``env`` was made with, since the env scores the KL with its own policy.
 
     Returns the summary (RM score, KL, mean length in tokens, distinct-2, and the task's ``evaluate``:
     gold, success rate and its own columns) and one row per episode (prompt, response, score, kl, and
@@ -114,7 +143,10 @@ def evaluate(
     by the policy only.
     """
     spec = find_task(env, task)
-    generator = torch.Generator(agent.device).manual_seed(seed)
+    model = actor_of(agent)
+    if env.unwrapped.policy is not model.policy:  # type: ignore[attr-defined]
+        raise ValueError("evaluate needs the env made with this policy (make_eval_env does that)")
+    generator = torch.Generator(next(model.policy.parameters()).device).manual_seed(seed)
     rounds = -(-episodes // env.num_envs)
     prompts: list[str] = []
     responses: list[str] = []
@@ -122,7 +154,7 @@ def evaluate(
     kls: list[float] = []
     lengths: list[float] = []
     for r in range(rounds):
-        rollout = collect(env, agent.model, generator=generator, seed=seed + r * env.num_envs)
+        rollout = collect(env, model, generator=generator, seed=seed + r * env.num_envs)
         prompts += rollout.prompts
         responses += rollout.responses
         scores += rollout.scores.tolist()

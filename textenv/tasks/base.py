@@ -23,6 +23,9 @@ GoldFn = Callable[[Sequence[str], Sequence[str]], list[float]]
 #: ``(prompts, responses) -> {"gold": mean utility, "success_rate": share, ...the task's own columns}``.
 EvaluateFn = Callable[[Sequence[str], Sequence[str]], dict[str, float]]
 
+#: The KL (nats per response) beyond which no task counts a policy as solving it: far from the reference.
+KL_BAR = 10.0
+
 POLICY_DIR = "policy"
 REWARD_MODEL_DIR = "reward_model"
 PROMPTS_FILE = "prompts.json"
@@ -108,7 +111,10 @@ class Task:
         reward: ``"reward_model"`` (the learned proxy in ``assets/reward_model``) or a function
             ``(prompts, responses) -> scores`` that the env calls (the gold itself, for verifiable tasks).
         env_defaults: constructor defaults of the env (lengths; anything else a task needs).
-        budget: response tokens per run in the suite benchmark (``benchmarks/suite.py``).
+        budget: response tokens per run in the suite benchmark (``textenv-bench``).
+        bar: what an evaluation must reach for the task to count as solved: ``(key, ">=" or "<=", value)``
+            on the keys of an evaluation summary (``success_rate``, ``kl``, the task's columns). The
+            benchmark reports the response tokens and CPU seconds each run needed to reach it.
         columns: the task's own ``evaluate`` keys worth a table column: ``(key, header, format)``.
         build_module: the module whose ``python -m`` rebuilds the assets.
         manifest_sha256: sha256 of the shipped ``manifest.json``, kept in the source so that a rebuild
@@ -126,6 +132,7 @@ class Task:
     reward: str | Callable[[Sequence[str], Sequence[str]], Sequence[float]]
     env_defaults: Mapping[str, Any] = field(default_factory=dict)
     budget: int = 100_000
+    bar: tuple[tuple[str, str, float], ...] = (("success_rate", ">=", 0.9), ("kl", "<=", KL_BAR))
     columns: tuple[tuple[str, str, str], ...] = ()
     build_module: str = ""
     manifest_sha256: str = ""
@@ -138,6 +145,20 @@ class Task:
     def best_gold(self) -> float:
         """The highest gold utility a response can have."""
         return self.gold_range[1]
+
+    def meets_bar(self, summary: Mapping[str, float]) -> bool:
+        """Whether an evaluation summary (:func:`agents.evaluation.evaluate`'s) reaches :attr:`bar`."""
+        for key, op, value in self.bar:
+            if key not in summary:
+                raise KeyError(f"the bar of task {self.name!r} needs {key!r}, which the summary lacks")
+            if not (summary[key] >= value if op == ">=" else summary[key] <= value):
+                return False
+        return True
+
+    @property
+    def bar_text(self) -> str:
+        """The bar in words, e.g. ``success_rate >= 0.9 and kl <= 10``."""
+        return " and ".join(f"{key} {op} {value:g}" for key, op, value in self.bar)
 
     def manifest(self) -> dict[str, Any]:
         """The shipped ``manifest.json``: build settings, library versions, quality figures, file hashes."""
@@ -171,6 +192,11 @@ class Task:
             "prompts": self.prompts(),
             **self.env_defaults,
         }
+
+    def __post_init__(self) -> None:
+        for key, op, _ in self.bar:
+            if op not in (">=", "<="):
+                raise ValueError(f"task {self.name!r}: the bar's {key!r} needs '>=' or '<=', got {op!r}")
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}: {self.summary})"

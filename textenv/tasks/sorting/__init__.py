@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import KL_BAR, Task
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 NUMBERS = 50  # the numbers are 0 .. NUMBERS - 1
@@ -173,6 +173,7 @@ TASK = Task(
     reward=exact_reward,
     env_defaults={"max_new_tokens": 12, "max_prompt_tokens": 12},
     budget=100_000,
+    bar=(("success_rate", ">=", 0.6), ("kl", "<=", KL_BAR)),
     columns=(
         ("position_accuracy", "positions right", "{:.1%}"),
         ("permutation_rate", "permutation", "{:.1%}"),

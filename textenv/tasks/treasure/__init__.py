@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import KL_BAR, Task
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MOVES: dict[str, tuple[int, int]] = {"north": (0, 1), "east": (1, 0), "south": (0, -1), "west": (-1, 0)}
@@ -162,6 +162,7 @@ TASK = Task(
     reward=treasure_reward,
     env_defaults={"max_new_tokens": 20, "max_prompt_tokens": 4},
     budget=240_000,
+    bar=(("success_rate", ">=", 0.05), ("kl", "<=", KL_BAR)),
     columns=(
         ("valid_rate", "walks", "{:.1%}"),
         ("mean_closest", "closest", "{:.2f}"),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from textenv.tasks.base import Task
+from textenv.tasks.base import KL_BAR, Task
 from textenv.tasks.reviews.gold import distinct_n
 from textenv.tasks.reviews.grammar import default_prompts, parse, sample_corpus
 
@@ -131,6 +131,7 @@ TASK = Task(
     reward="reward_model",
     env_defaults={"max_new_tokens": 48, "max_prompt_tokens": 16},
     budget=150_000,
+    bar=(("success_rate", ">=", 0.4), ("kl", "<=", KL_BAR)),
     columns=(
         ("gold_sentiment", "sentiment", "{:+.3f}"),
         ("mean_words", "words", "{:.1f}"),
