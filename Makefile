@@ -7,9 +7,18 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup demo play test test-slow lint bench bench-learning bench-suite bench-overopt assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-overopt assets clean
 
 setup: $(STAMP)
+
+# trl, for the peers of the benchmark and the slow tier's adapter test (the fast tier runs without it)
+PEERS_STAMP := $(VENV)/.peers-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
+setup-peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,peers]"
+	rm -f $(VENV)/.peers-*
+	touch $@
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +37,7 @@ play: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: $(STAMP)
+test-slow: $(PEERS_STAMP)
 	$(BIN)/python -m pytest -m slow -q
 
 lint: $(STAMP)
@@ -40,11 +49,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/env_overhead.py
 	$(BIN)/python benchmarks/throughput.py
 
-bench-learning: $(STAMP)
-	$(BIN)/python benchmarks/learning.py
-
-bench-suite: $(STAMP)
-	$(BIN)/python benchmarks/suite.py
+# every task x our three agents and trl's GRPO and RLOO x 5 seeds, two runs at once (hours; resumable)
+bench-suite: $(PEERS_STAMP)
+	$(BIN)/textenv-bench --agents ppo reinforce egreedy trl-grpo trl-rloo --workers 2 \
+		--out benchmarks/results/suite
 
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py

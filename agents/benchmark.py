@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import platform
+import queue
 import signal
 import subprocess
 import sys
@@ -239,6 +240,7 @@ def run_one(job: Job, protocol: Protocol, threads: int) -> dict[str, Any]:
         else {k: reached[k] for k in ("timesteps", "train_cpu_seconds", "train_wall_seconds")},
         "history": outcome["history"],
         "threads": threads,
+        "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "versions": versions(spec.is_peer),
         "machine": machine(),
         "load_average": {"start": load_start, "end": os.getloadavg()},
@@ -354,8 +356,11 @@ def die_with_parent(parent: int) -> None:
         raise SystemExit("the runner that started this run is gone")
 
 
-def launch(job: Job, protocol: Protocol, threads: int, out: Path) -> tuple[dict[str, Any] | None, str]:
-    """Run ``job`` in a child process; returns (its results line or None, its log)."""
+def launch(
+    job: Job, protocol: Protocol, threads: int, out: Path, cpus: list[int] | None = None
+) -> tuple[dict[str, Any] | None, str]:
+    """Run ``job`` in a child process (pinned to ``cpus`` where the OS allows); returns (its results line
+    or None, its log)."""
     with tempfile.TemporaryDirectory(prefix="textenv-bench-") as tmp:
         result = Path(tmp) / "result.json"
         payload = {
@@ -364,6 +369,7 @@ def launch(job: Job, protocol: Protocol, threads: int, out: Path) -> tuple[dict[
             "threads": threads,
             "out": str(result),
             "parent": os.getpid(),
+            "cpus": cpus,
         }
         env = os.environ | {
             "OMP_NUM_THREADS": str(threads),
@@ -388,6 +394,8 @@ def child(payload_text: str) -> None:
     payload = json.loads(payload_text)
     if sys.platform.startswith("linux"):
         die_with_parent(int(payload["parent"]))
+    if payload.get("cpus") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, payload["cpus"])
     row = run_one(Job(**payload["job"]), Protocol(**payload["protocol"]), int(payload["threads"]))
     Path(payload["out"]).write_text(json.dumps(row, allow_nan=True), encoding="utf-8")
 
@@ -395,6 +403,17 @@ def child(payload_text: str) -> None:
 # ----------------------------------------------------------------------------- the command
 def plan(tasks: list[str], agents: list[AgentSpec], seeds: list[int]) -> list[Job]:
     return [Job(t, a.label, s) for t in tasks for a in agents for s in seeds]
+
+
+def cpu_slots(workers: int, threads: int) -> queue.Queue[list[int] | None]:
+    """One slot per worker: its own ``threads`` CPUs of those this process may use, while there are enough
+    of them (no pinning otherwise, or where the OS has no affinity)."""
+    slots: queue.Queue[list[int] | None] = queue.Queue()
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    for i in range(max(1, workers)):
+        share = usable[i * threads : (i + 1) * threads]
+        slots.put(share if len(usable) >= workers * threads else None)
+    return slots
 
 
 def run_all(
@@ -405,7 +424,8 @@ def run_all(
     threads: int | None = None,
     on_done: Callable[[Job, dict[str, Any] | None], None] | None = None,
 ) -> list[Job]:
-    """Run the jobs not yet in ``out/results.jsonl``, ``workers`` at a time; returns the failed ones."""
+    """Run the jobs not yet in ``out/results.jsonl``, ``workers`` at a time, each pinned to its own
+    ``threads`` CPUs (default: the CPUs shared out between the workers); returns the failed ones."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
@@ -427,7 +447,16 @@ def run_all(
         failed: list[Job] = []
         logs = out / "logs"
         with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(todo), unit="run") as bar:
-            futures = {pool.submit(launch, job, protocol, threads, out): job for job in todo}
+            slots = cpu_slots(workers, threads)
+
+            def pinned(job: Job) -> tuple[dict[str, Any] | None, str]:
+                cpus = slots.get()
+                try:
+                    return launch(job, protocol, threads, out, cpus)
+                finally:
+                    slots.put(cpus)
+
+            futures = {pool.submit(pinned, job): job for job in todo}
             for future in as_completed(futures):
                 job = futures[future]
                 row, log = future.result()

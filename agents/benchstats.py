@@ -53,9 +53,19 @@ def by_task(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, An
     }
 
 
+def _estimates(
+    scores: dict[str, Any], func: Callable[..., Any], reps: int, random_state: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """rliable's stratified bootstrap, without arch's warning that rliable passes it a RandomState."""
+    from rliable import library as rly
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return rly.get_interval_estimates(scores, func, reps=reps, random_state=random_state)
+
+
 def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
     """IQM of ``values`` (runs,) or (runs, tasks) with its 95% stratified-bootstrap interval."""
-    from rliable import library as rly
     from rliable import metrics
 
     scores = np.asarray(values, dtype=float)
@@ -63,7 +73,7 @@ def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
     if scores.shape[0] < 2:
         point = float(metrics.aggregate_iqm(scores))
         return point, float("nan"), float("nan")
-    points, intervals = rly.get_interval_estimates(
+    points, intervals = _estimates(
         {"x": scores},
         lambda x: np.array([metrics.aggregate_iqm(x)]),
         reps=reps,
@@ -74,7 +84,6 @@ def iqm_ci(values: np.ndarray, reps: int = REPS) -> tuple[float, float, float]:
 
 def curve_iqm(runs: list[dict[str, Any]], key: str, reps: int = REPS) -> tuple[np.ndarray, ...]:
     """x (mean timesteps), IQM, low, high at every evaluation point shared by all ``runs``."""
-    from rliable import library as rly
     from rliable import metrics
 
     n = min(len(r["curve"]) for r in runs)
@@ -82,7 +91,7 @@ def curve_iqm(runs: list[dict[str, Any]], key: str, reps: int = REPS) -> tuple[n
     y = np.array([[r["curve"][i][key] for i in range(n)] for r in runs])  # (runs, points)
     if len(runs) < 2:
         return x, y[0], y[0], y[0]
-    points, intervals = rly.get_interval_estimates(
+    points, intervals = _estimates(
         {"x": y[:, None, :]},
         lambda s: np.array([metrics.aggregate_iqm(s[..., i]) for i in range(s.shape[-1])]),
         reps=reps,
@@ -131,8 +140,8 @@ def task_table(task_name: str, runs: dict[str, list[dict[str, Any]]], reps: int 
         f"policy {start_gold(runs):+.3f}, best reachable {task.best_gold:+.1f}.",
         "",
         "| agent | runs | final gold, IQM [95% CI] | final proxy | final KL | success | tokens to bar "
-        "| CPU s to bar | training CPU s | training wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s to bar | wall s to bar | training CPU s | training wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for agent, group in runs.items():
         cells = [agent, str(len(group))]
@@ -141,6 +150,7 @@ def task_table(task_name: str, runs: dict[str, list[dict[str, Any]]], reps: int 
         cells.append(f"{statistics.fmean(r['final']['success_rate'] for r in group):.1%}")
         cells.append(to_bar_text(group, "timesteps", "{:,.0f}"))
         cells.append(to_bar_text(group, "train_cpu_seconds", "{:.0f}"))
+        cells.append(to_bar_text(group, "train_wall_seconds", "{:.0f}"))
         cells.append(f"{statistics.median(r['final']['train_cpu_seconds'] for r in group):.0f}")
         cells.append(f"{statistics.median(r['final']['train_wall_seconds'] for r in group):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -170,7 +180,6 @@ def final_normalised_gold(grouped: dict[str, dict[str, list[dict[str, Any]]]]) -
 def improvement_table(scores: dict[str, np.ndarray], reps: int = REPS) -> tuple[list[str], np.ndarray]:
     """P(X > Y) of normalised final gold (rliable's probability of improvement, averaged over tasks)
     for every ordered pair, with 95% stratified-bootstrap intervals."""
-    from rliable import library as rly
     from rliable import metrics
 
     agents = list(scores)
@@ -182,7 +191,7 @@ def improvement_table(scores: dict[str, np.ndarray], reps: int = REPS) -> tuple[
             if i == j:
                 cells.append("")
                 continue
-            points, intervals = rly.get_interval_estimates(
+            points, intervals = _estimates(
                 {"p": (scores[x], scores[y])},
                 metrics.probability_of_improvement,
                 reps=reps,
@@ -233,7 +242,9 @@ def plot_profile(scores: dict[str, np.ndarray], path: Path, reps: int = REPS) ->
     from rliable import plot_utils
 
     taus = np.linspace(-0.25, 1.0, 101)
-    profiles, bands = rly.create_performance_profile(scores, taus, reps=reps)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        profiles, bands = rly.create_performance_profile(scores, taus, reps=reps)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     colors = {a: f"C{i}" for i, a in enumerate(scores)}
     plot_utils.plot_performance_profiles(
@@ -320,13 +331,6 @@ def write_report(out: Path, reps: int = REPS) -> list[Path]:
     rows = load(out)
     if not rows:
         raise SystemExit(f"no finished runs in {out}")
-    with warnings.catch_warnings():
-        # rliable passes arch a RandomState, which arch 7 warns is deprecated
-        warnings.simplefilter("ignore", FutureWarning)
-        return _write_report(out, rows, reps)
-
-
-def _write_report(out: Path, rows: list[dict[str, Any]], reps: int) -> list[Path]:
     text, scores, matrix = markdown(rows, reps)
     written = [out / "report.md"]
     written[0].write_text(text, encoding="utf-8")

@@ -1,27 +1,25 @@
-"""Reward over-optimisation on the ``verbosity`` task: gold and proxy against the KL from the reference.
+"""Reward over-optimisation (Gao et al., 2023) on the ``verbosity`` task: gold and proxy against the KL.
 
-PPO (its default settings) trains on ``task="verbosity"`` with a *fixed* KL coefficient beta, once per
-beta. Every iteration's rollout (the current policy's own samples) gives the proxy (the learned reward
-model's mean score), gold (the task's utility: sentiment less a cost per word beyond 16) and the KL the
-env charged. With a small beta the policy drifts far from the reference: the proxy keeps rising while
-gold rises and then falls (Gao et al., 2023, "Scaling laws for reward model overoptimization"). A larger
-beta stops it before the turn-over.
+PPO trains on ``verbosity`` with a *fixed* KL coefficient beta from 0 up, over seeds, and once with the
+adaptive controller (the agents' default: beta 0.2 to start, target 6 nats), all through the benchmark
+runner (``agents.benchmark``: its processes, results file, resume and held-out evaluations). The proxy
+(the learned reward model, which labellers taught to like length) keeps rising as the policy drifts from
+the reference; gold (sentiment less a cost per word beyond 16) rises, peaks and falls. The plot shows both
+against the KL, every evaluation of every run, with gold's peak and the beta the adaptive controller
+settles on marked.
 
-    python benchmarks/overoptimisation.py                         # betas 0.01 0.05 0.3, 150k tokens each
-    python benchmarks/overoptimisation.py --betas 0.02 --timesteps 200000 --seeds 0 1
-    python benchmarks/overoptimisation.py --from-json benchmarks/results/overoptimisation.json
+    python benchmarks/overoptimisation.py                   # betas 0 .. 1 x 3 seeds, 2 at once
+    python benchmarks/overoptimisation.py --betas 0 0.1 --seeds 2 --budget-scale 0.2 --out /tmp/overopt
+    python benchmarks/overoptimisation.py --report-only
 
-Writes ``overoptimisation.md`` (per beta: the KL at which gold peaks, the peak, and the final gold, proxy,
-KL and length), ``overoptimisation.json`` (every iteration) and ``overoptimisation.png`` (gold and proxy
-against KL) to ``--out``. Gold's peak is read off a centred moving average over ``--smooth`` iterations.
+Writes ``results.jsonl``, ``overoptimisation.md`` and ``overoptimisation.png`` to ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import time
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -29,148 +27,121 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-KEYS = ("objective/scores", "gold/score", "objective/kl", "gold/mean_words", "gold/success_rate")
+from agents import benchmark, benchstats
+from agents.benchmark import AgentSpec, Protocol
+
+TASK = "verbosity"
+ADAPTIVE = "ppo"
 
 
-def run(beta: float, seed: int, timesteps: int, threads: int) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    from agents import PPO, evaluation
-    from textenv import tasks
-
-    torch.set_num_threads(threads)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    task = tasks.load("verbosity")
-    agent = PPO(
-        "TextRLHF-v0", seed=seed, env_kwargs={"task": "verbosity", "kl_coef": beta, "kl_target": None}
-    )
-
-    def on_iteration(agent_: Any, metrics: dict[str, float]) -> None:
-        rollout = agent_.last_rollout
-        metrics.update(evaluation.gold_metrics(task, rollout.prompts, rollout.responses))
-
-    start_wall, start_cpu = time.perf_counter(), time.process_time()
-    agent.learn(timesteps, callback=on_iteration, progress_bar=True)
-    return {
-        "beta": beta,
-        "seed": seed,
-        "wall_seconds": time.perf_counter() - start_wall,
-        "cpu_seconds": time.process_time() - start_cpu,
-        "history": [{k: m[k] for k in (*KEYS, "charts/timesteps")} for m in agent.history],
-    }
+def fixed(beta: float) -> AgentSpec:
+    return AgentSpec("ppo", {"kl_coef": beta, "kl_target": None})
 
 
-def smooth(values: np.ndarray, window: int) -> np.ndarray:
-    """Centred moving average (shorter windows at the ends)."""
-    half = window // 2
-    return np.array([values[max(0, i - half) : i + half + 1].mean() for i in range(len(values))])
+def beta_of(row: dict[str, Any]) -> float | None:
+    """The fixed beta of a run, None for the adaptive controller."""
+    return None if row["agent"] == ADAPTIVE else float(row["settings"]["kl_coef"])
 
 
-def summarise(result: dict[str, Any], window: int) -> dict[str, float]:
-    rows = result["history"]
-    gold = smooth(np.array([r["gold/score"] for r in rows]), window)
-    kl = smooth(np.array([r["objective/kl"] for r in rows]), window)
-    proxy = smooth(np.array([r["objective/scores"] for r in rows]), window)
-    words = smooth(np.array([r["gold/mean_words"] for r in rows]), window)
-    peak = int(np.argmax(gold))
-    return {
-        "beta": result["beta"],
-        "seed": result["seed"],
-        "peak_gold": float(gold[peak]),
-        "kl_at_peak": float(kl[peak]),
-        "tokens_at_peak": float(rows[peak]["charts/timesteps"]),
-        "final_gold": float(gold[-1]),
-        "final_proxy": float(proxy[-1]),
-        "final_kl": float(kl[-1]),
-        "final_words": float(words[-1]),
-        "start_gold": float(gold[0]),
-        "start_proxy": float(proxy[0]),
-        "wall_seconds": result["wall_seconds"],
-    }
+def point_iqm(runs: list[dict[str, Any]], key: str) -> np.ndarray:
+    """IQM over seeds at every evaluation point."""
+    from rliable import metrics
+
+    n = min(len(r["curve"]) for r in runs)
+    values = np.array([[r["curve"][i][key] for i in range(n)] for r in runs])
+    return np.array([metrics.aggregate_iqm(values[:, i]) for i in range(n)])
 
 
-def report(results: list[dict[str, Any]], out: Path, window: int) -> None:
+def report(out: Path, reps: int) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [summarise(r, window) for r in results]
-    header = ["beta", "seed", "gold at start", "peak gold", "KL at the peak (nats)", "final gold"]
-    header += ["final proxy", "final KL", "final words", "wall s"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for s in rows:
-        cells = [f"{s['beta']:g}", str(s["seed"]), f"{s['start_gold']:+.3f}", f"{s['peak_gold']:+.3f}"]
-        cells += [f"{s['kl_at_peak']:.2f}", f"{s['final_gold']:+.3f}", f"{s['final_proxy']:+.3f}"]
-        cells += [f"{s['final_kl']:.2f}", f"{s['final_words']:.1f}", f"{s['wall_seconds']:.0f}"]
+    rows = benchstats.load(out)
+    if not rows:
+        raise SystemExit(f"no finished runs in {out}")
+    groups: dict[float | None, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(beta_of(row), []).append(row)
+    betas = sorted(b for b in groups if b is not None)
+    lines = [
+        "| beta | runs | final gold, IQM [95% CI] | final proxy | final KL | best gold along training | "
+        "KL there |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    peak = (-np.inf, 0.0, 0.0)  # gold, KL, beta of the best evaluation point (IQM over seeds)
+    for beta in [*betas, None]:
+        if beta not in groups:
+            continue
+        runs = groups[beta]
+        gold, kl = point_iqm(runs, "gold"), point_iqm(runs, "kl")
+        best = int(np.argmax(gold))
+        if beta is not None and gold[best] > peak[0]:
+            peak = (float(gold[best]), float(kl[best]), beta)
+        name = f"{beta:g}" if beta is not None else "adaptive (target 6)"
+        cells = [name, str(len(runs))]
+        for key, fmt in (("gold", "{:+.3f}"), ("rm_score", "{:+.3f}"), ("kl", "{:.2f}")):
+            p, low, high = benchstats.iqm_ci(np.array([r["final"][key] for r in runs]), reps)
+            cells.append(f"{fmt.format(p)} [{fmt.format(low)}, {fmt.format(high)}]")
+        cells += [f"{gold[best]:+.3f}", f"{kl[best]:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
-    (out / "overoptimisation.md").write_text(text, encoding="utf-8")
-    (out / "overoptimisation.json").write_text(
-        json.dumps({"runs": results, "summary": rows}), encoding="utf-8"
-    )
+    adaptive = groups.get(None)
+    settled = statistics.median(r["final"]["kl_coef"] for r in adaptive) if adaptive else None
+    text += f"\nGold peaks at {peak[0]:+.3f} (KL {peak[1]:.2f} nats, fixed beta {peak[2]:g}).\n"
+    if settled is not None:
+        text += (
+            f"The adaptive controller settles at beta {settled:.3f} (median over seeds, end of training).\n"
+        )
 
-    smallest = min(r["beta"] for r in results)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    ax = axes[0]
-    twin = ax.twinx()
-    for r in (r for r in results if r["beta"] == smallest):
-        h = r["history"]
-        kl = smooth(np.array([m["objective/kl"] for m in h]), window)
-        ax.plot(kl, smooth(np.array([m["gold/score"] for m in h]), window), color="C3", label="gold")
-        twin.plot(kl, smooth(np.array([m["objective/scores"] for m in h]), window), color="C0", label="proxy")
-    for s in (s for s in rows if s["beta"] == smallest):
-        ax.axvline(s["kl_at_peak"], color="C3", ls=":", lw=1)
-    ax.set_xlabel("KL from the reference (nats per response)")
-    ax.set_ylabel("gold (sentiment less the verbosity cost)", color="C3")
-    twin.set_ylabel("proxy: reward-model score", color="C0")
-    ax.set_title(f"beta = {smallest:g}: the proxy keeps rising, gold turns over")
-    ax.grid(alpha=0.3)
-    ax = axes[1]
-    for i, beta in enumerate(sorted({r["beta"] for r in results})):
-        for r in (r for r in results if r["beta"] == beta):
-            h = r["history"]
-            kl = smooth(np.array([m["objective/kl"] for m in h]), window)
-            label = (
-                f"beta {beta:g}"
-                if r["seed"] == min(x["seed"] for x in results if x["beta"] == beta)
-                else None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3))
+    colours = plt.get_cmap("viridis")(np.linspace(0, 0.9, max(1, len(betas))))
+    for ax, key, title in ((axes[0], "gold", "gold"), (axes[1], "rm_score", "proxy (reward-model score)")):
+        for colour, beta in zip(colours, betas, strict=True):
+            runs = groups[beta]
+            for r in runs:
+                ax.plot([p["kl"] for p in r["curve"]], [p[key] for p in r["curve"]], color=colour, alpha=0.25)
+            ax.plot(
+                point_iqm(runs, "kl"), point_iqm(runs, key), "o-", color=colour, ms=3, label=f"beta {beta:g}"
             )
-            ax.plot(kl, smooth(np.array([m["gold/score"] for m in h]), window), color=f"C{i}", label=label)
-    ax.set_xlabel("KL from the reference (nats per response)")
-    ax.set_ylabel("gold")
-    ax.set_title("gold against KL for each beta")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        if adaptive:
+            ax.plot(point_iqm(adaptive, "kl"), point_iqm(adaptive, key), "s--", color="C3", ms=3,
+                    label=f"adaptive: beta settles at {settled:.3f}")  # fmt: skip
+        if key == "gold":
+            ax.plot(peak[1], peak[0], "*", color="k", ms=14, label=f"gold's peak (beta {peak[2]:g})")
+            ax.axvline(peak[1], color="k", ls=":", lw=1)
+        ax.set_xlabel("KL from the reference (nats per response, held-out evaluations)")
+        ax.set_title(f"{TASK}: {title} against KL (IQM over seeds; faint: single runs)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "overoptimisation.png", dpi=90)
     plt.close(fig)
-    print(text)
-    print(f"wrote overoptimisation.md, .json and .png to {out}")
+    (out / "overoptimisation.md").write_text(text, encoding="utf-8")
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--betas", type=float, nargs="+", default=[0.01, 0.05, 0.3])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--timesteps", type=int, default=150_000, help="response tokens per run")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--smooth", type=int, default=5, help="iterations of the moving average")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--from-json", type=Path, help="redo the report of a saved overoptimisation.json")
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.01, 0.03, 0.1, 0.3, 1.0])
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per beta (default 3)")
+    parser.add_argument("--budget-scale", type=float, default=1.0)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/overoptimisation"))
+    parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    if args.from_json is not None:
-        results = json.loads(args.from_json.read_text(encoding="utf-8"))["runs"]
-    else:
-        results = [
-            run(beta, seed, args.timesteps, args.threads) for beta in args.betas for seed in args.seeds
-        ]
-    report(results, args.out, args.smooth)
+    if not args.report_only:
+        specs = [fixed(b) for b in args.betas] + [AgentSpec(ADAPTIVE)]
+        jobs = benchmark.plan([TASK], specs, list(range(args.seeds)))
+        failed = benchmark.run_all(jobs, Protocol(budget_scale=args.budget_scale), args.out, args.workers)
+        if failed:
+            raise SystemExit(f"{len(failed)} run(s) failed; see {args.out / 'logs'}; run again to retry")
+    print(report(args.out, args.reps))
+    print(f"wrote {args.out / 'overoptimisation.md'} and {args.out / 'overoptimisation.png'}")
 
 
 if __name__ == "__main__":

@@ -130,12 +130,16 @@ def for_trl(env: gym.Env | None = None, prompts: Sequence[str] | None = None, **
         env: an env already made (``gymnasium.make("TextRLHF-v0", ...)``); else one is made from
             ``env_kwargs`` (the same keywords: ``task``, ``policy``, ``reward_model``, ...).
         prompts: the training prompts (held-out ones left out, say); the env's fixed prompts by default.
+            An env made here is made with them too.
 
     Raises:
         ValueError: the env draws prompts from a function (trl needs a fixed dataset), or its reference is
-            not the policy's own checkpoint (trl would build a different one).
+            not the policy's own checkpoint (trl would build a different one), or the policy was not
+            loaded from a checkpoint (trl has nothing to build its reference from).
     """
     if env is None:
+        if prompts is not None:
+            env_kwargs["prompts"] = list(prompts)
         env = gym.make("TextRLHF-v0", **env_kwargs)
     elif env_kwargs:
         raise TypeError("pass either an env or the keywords to make one, not both")
@@ -143,11 +147,14 @@ def for_trl(env: gym.Env | None = None, prompts: Sequence[str] | None = None, **
     config = engine.config
     if engine.policy is None:
         raise ValueError("this env was made with policy=None; trl needs the policy it trains")
-    if config.reference is not None and str(config.reference) != str(config.policy):
+    source = str(getattr(engine.policy.config, "_name_or_path", "") or "")
+    reference = str(getattr(engine.reference.config, "_name_or_path", "") or "")
+    if not source or reference != source:
         raise ValueError(
             "trl's GRPOTrainer and RLOOTrainer load their reference from the policy's own checkpoint "
-            f"({engine.policy.config._name_or_path!r}); this env's reference is another model "
-            f"({config.reference!r}), so trl's KL would not be the env's"
+            f"(policy.config._name_or_path: {source!r}); this env's reference comes from {reference!r}, so "
+            "trl's KL would not be the env's. Make the env with policy= a checkpoint folder or hub name and "
+            "no other reference"
         )
     if prompts is None:
         if callable(config.prompts) or config.prompts is None:
