@@ -238,7 +238,7 @@ def run_one(job: Job, protocol: Protocol, threads: int) -> dict[str, Any]:
         "to_bar": None
         if reached is None
         else {k: reached[k] for k in ("timesteps", "train_cpu_seconds", "train_wall_seconds")},
-        "history": outcome["history"],
+        "history": [{k: float(f"{v:.5g}") for k, v in row.items()} for row in outcome["history"]],
         "threads": threads,
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "versions": versions(spec.is_peer),

@@ -25,7 +25,7 @@ from typing import Any
 from agents.benchmark import AgentSpec, Evaluator, Protocol
 
 #: The learning rate of each trl trainer in the benchmark (the best of the sweep in the README).
-LEARNING_RATES = {"trl-grpo": 3e-4, "trl-rloo": 3e-4}
+LEARNING_RATES = {"trl-grpo": 1e-4, "trl-rloo": 3e-4}
 
 
 def trainer_classes(name: str) -> tuple[Any, Any]:
