@@ -250,10 +250,11 @@ def plot_profile(scores: dict[str, np.ndarray], path: Path, reps: int = REPS) ->
     plot_utils.plot_performance_profiles(
         profiles, taus, performance_profile_cis=bands, colors=colors, xlabel=r"normalised gold $\tau$", ax=ax
     )
-    ax.legend(list(scores), fontsize=8, loc="lower left")
-    ax.set_title(
-        "performance profile: share of runs (all tasks) with normalised final gold > tau", fontsize=9
-    )
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[a], lw=2) for a in scores]
+    ax.legend(handles, list(scores), fontsize=8, loc="lower left")
+    ax.set_title("performance profile: share of runs (all tasks) with normalised final gold > τ", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -271,7 +272,8 @@ def plot_improvement(agents: list[str], matrix: np.ndarray, path: Path) -> Path:
     for i in range(len(agents)):
         for j in range(len(agents)):
             if i != j:
-                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                shade = "white" if abs(matrix[i, j] - 0.5) > 0.3 else "black"  # readable on dark cells
+                ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8, color=shade)
     ax.set_xticks(range(len(agents)), agents, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(agents)), agents, fontsize=8)
     ax.set_title("P(row's normalised final gold > column's), all tasks", fontsize=9)
