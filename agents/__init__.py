@@ -15,7 +15,9 @@ All three train against ``TextRLHF-v0``'s vector env through the Gymnasium API a
 
 Callbacks in SB3's shape (evaluation, checkpoints, a stop on a threshold) are in ``agents.callbacks``;
 the run folder and the TensorBoard / W&B loggers in ``agents.reporting``. The training command:
-``python -m agents.train --help``.
+``python -m agents.train --help``. The benchmark runner, ``textenv-bench`` (``agents.benchmark``), compares
+agents over tasks and seeds, trl's GRPO and RLOO among them (``agents.peers``), with the statistics of
+``agents.benchstats``.
 """
 
 from agents.base import Agent, AgentConfig, describe_config, make_env
