@@ -105,12 +105,14 @@ class Protocol:
 
     budget_scale: float = 1.0
     budget: int | None = None  # response tokens of every task; None: each task's own budget
+    budgets: dict[str, int] | None = None  # per task, before ``budget``: {"sorting": 50_000}
     eval_points: int = 10
     eval_episodes: int = 256
     holdout: float = 0.2
 
     def budget_of(self, task: Any) -> int:
-        return int((self.budget if self.budget is not None else task.budget) * self.budget_scale)
+        tokens = (self.budgets or {}).get(task.name, self.budget if self.budget is not None else task.budget)
+        return int(tokens * self.budget_scale)
 
 
 @dataclass(frozen=True)
@@ -405,6 +407,14 @@ def plan(tasks: list[str], agents: list[AgentSpec], seeds: list[int]) -> list[Jo
     return [Job(t, a.label, s) for t in tasks for a in agents for s in seeds]
 
 
+def same_protocol(saved: Any, protocol: Protocol) -> bool:
+    """Whether a results line's protocol is ``protocol`` (a field the line predates takes its default)."""
+    try:
+        return isinstance(saved, dict) and Protocol(**saved) == protocol
+    except TypeError:
+        return False
+
+
 def cpu_slots(workers: int, threads: int) -> queue.Queue[list[int] | None]:
     """One slot per worker: its own ``threads`` CPUs of those this process may use, while there are enough
     of them (no pinning otherwise, or where the OS has no affinity)."""
@@ -437,7 +447,7 @@ def run_all(
         done = set()
         for line in results.read():
             done.add(line["key"])
-            if line.get("protocol") != asdict(protocol):
+            if not same_protocol(line.get("protocol"), protocol):
                 raise SystemExit(
                     f"{results.path} holds runs of another protocol ({line.get('protocol')}), not "
                     f"{asdict(protocol)}: use the same settings to resume, or another --out"
@@ -480,6 +490,29 @@ def run_all(
     return failed
 
 
+def parse_budgets(items: list[str], task_names: list[str]) -> tuple[int | None, dict[str, int]]:
+    """``--budget`` as (tokens for every task or None, {task: tokens})."""
+    every: int | None = None
+    per_task: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            tokens = int(float(value))
+        except ValueError:
+            raise SystemExit(f"--budget takes TOKENS or TASK=TOKENS, got {item!r}") from None
+        if tokens < 1:
+            raise SystemExit(f"--budget must be >= 1 token, got {item!r}")
+        if not sep:
+            every = tokens
+        elif name not in task_names:
+            raise SystemExit(
+                f"--budget {item!r}: {name!r} is not one of the tasks run ({', '.join(task_names)})"
+            )
+        else:
+            per_task[name] = tokens
+    return every, per_task
+
+
 def build_parser() -> argparse.ArgumentParser:
     from textenv import tasks
 
@@ -492,7 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seeds", type=int, default=5, help="seeds per (task, agent): 0..N-1 (default 5)")
     parser.add_argument("--first-seed", type=int, default=0, help="the first seed (default 0)")
-    parser.add_argument("--budget", type=int, help="response tokens per run (default: each task's budget)")
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        metavar="TOKENS|TASK=TOKENS",
+        help="response tokens per run: one number for every task and/or TASK=N for one (default: each "
+        "task's own budget)",
+    )
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply the budgets (default 1)")
     parser.add_argument(
         "--eval-points", type=int, default=10, help="evaluations over the budget (default 10)"
@@ -525,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--holdout must be in (0, 1), got {args.holdout}")
     if args.eval_points < 1 or args.eval_episodes < 1 or args.seeds < 1 or args.workers < 1:
         raise SystemExit("--eval-points, --eval-episodes, --seeds and --workers must be >= 1")
+    every, per_task = parse_budgets(args.budget or [], args.tasks)
     failed: list[Job] = []
     if not args.report_only:
         specs = [AgentSpec.parse(a) for a in args.agents]
@@ -532,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the trl agents need trl: pip install 'textenv[peers]'")
         protocol = Protocol(
             budget_scale=args.budget_scale,
-            budget=args.budget,
+            budget=every,
+            budgets=per_task or None,
             eval_points=args.eval_points,
             eval_episodes=args.eval_episodes,
             holdout=args.holdout,

@@ -33,6 +33,22 @@ def test_agent_specs_parse_and_print_canonically():
         AgentSpec.parse("ppo:learning_rate")
 
 
+def test_budgets_for_every_task_or_one():
+    assert benchmark.parse_budgets([], ["sorting"]) == (None, {})
+    assert benchmark.parse_budgets(["5000", "sorting=2e3"], ["sorting", "reviews"]) == (
+        5000,
+        {"sorting": 2000},
+    )
+    protocol = Protocol(budget=5000, budgets={"sorting": 2000}, budget_scale=0.5)
+    assert protocol.budget_of(tasks.load("sorting")) == 1000
+    assert protocol.budget_of(tasks.load("reviews")) == 2500
+    assert Protocol().budget_of(tasks.load("treasure")) == tasks.load("treasure").budget
+    with pytest.raises(SystemExit, match="not one of the tasks"):
+        benchmark.parse_budgets(["treasure=10"], ["sorting"])
+    with pytest.raises(SystemExit, match="TASK=TOKENS"):
+        benchmark.parse_budgets(["lots"], ["sorting"])
+
+
 def test_plan_is_tasks_by_agents_by_seeds_with_unique_keys():
     jobs = benchmark.plan(["sorting", "reviews"], [AgentSpec("ppo"), AgentSpec("reinforce")], [0, 1, 2])
     assert len(jobs) == 12 and len({j.key for j in jobs}) == 12
@@ -131,6 +147,7 @@ def test_a_killed_runner_resumes_without_doing_a_run_twice(tmp_path):
     assert row["protocol"] == {
         "budget_scale": 1.0,
         "budget": 300,
+        "budgets": None,
         "eval_points": 1,
         "eval_episodes": 8,
         "holdout": 0.2,
@@ -149,6 +166,14 @@ def test_each_worker_gets_its_own_cpus():
     else:
         assert shares == [None, None]  # not enough CPUs to pin: nobody is pinned
     assert benchmark.cpu_slots(workers=1, threads=len(usable) + 1).get_nowait() is None
+
+
+def test_a_protocol_is_the_same_when_a_line_predates_a_field():
+    saved = {"budget_scale": 1.0, "budget": None, "eval_points": 10, "eval_episodes": 256, "holdout": 0.2}
+    assert benchmark.same_protocol(saved, Protocol())
+    assert not benchmark.same_protocol(saved | {"eval_points": 5}, Protocol())
+    assert not benchmark.same_protocol(saved | {"unknown": 1}, Protocol())
+    assert not benchmark.same_protocol(None, Protocol())
 
 
 def test_resuming_with_another_protocol_is_refused(tmp_path):
