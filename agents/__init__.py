@@ -1,6 +1,6 @@
-"""textenv's learners: token-level PPO, a REINFORCE baseline and an epsilon-greedy PPO variant.
+"""textenv's learners: token-level PPO, GRPO, a REINFORCE baseline and an epsilon-greedy PPO variant.
 
-All three train against ``TextRLHF-v0``'s vector env through the Gymnasium API and share a small core
+All four train against ``TextRLHF-v0``'s vector env through the Gymnasium API and share a small core
 (``agents.core``: GAE, masked whitening, top-k/top-p; ``agents.policy``: the LM with a value head;
 ``agents.rollout``: KV-cached sampling that follows the env's autoreset)::
 
@@ -22,16 +22,19 @@ agents over tasks and seeds, trl's GRPO and RLOO among them (``agents.peers``), 
 
 from agents.base import Agent, AgentConfig, describe_config, make_env
 from agents.egreedy import EpsilonGreedyConfig, EpsilonGreedyPPO
+from agents.grpo import GRPO, GRPOConfig
 from agents.ppo import PPO, PPOConfig
 from agents.reinforce import REINFORCE, REINFORCEConfig
 
 __all__ = [
+    "GRPO",
     "PPO",
     "REINFORCE",
     "Agent",
     "AgentConfig",
     "EpsilonGreedyConfig",
     "EpsilonGreedyPPO",
+    "GRPOConfig",
     "PPOConfig",
     "REINFORCEConfig",
     "describe_config",

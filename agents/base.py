@@ -1,4 +1,4 @@
-"""What the three agents share: the SB3-shaped surface (``learn``, ``predict``, ``save``, ``load``), the
+"""What the agents share: the SB3-shaped surface (``learn``, ``predict``, ``save``, ``load``), the
 config plumbing, seeding and the training loop. Each agent file adds its config fields and ``update``.
 
 A saved agent is a directory::
@@ -117,7 +117,7 @@ def make_env(env_id: str = "TextRLHF-v0", num_envs: int = 256, **kwargs: Any) ->
 
 
 class Agent:
-    """Base class: build with ``Agent(env, seed=0, **config)``; see PPO, REINFORCE, EpsilonGreedyPPO."""
+    """Base class: build with ``Agent(env, seed=0, **config)``; see PPO, GRPO, REINFORCE, EpsilonGreedyPPO."""
 
     Config: ClassVar[type[AgentConfig]] = AgentConfig
 

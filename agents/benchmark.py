@@ -7,12 +7,12 @@ final figures. Running the command again skips the runs already in the file, so 
 resumes where it stopped; a run cut off half-way starts again from its beginning. The report
 (:mod:`agents.benchstats`) then writes Markdown tables and PNG plots beside the results file.
 
-    textenv-bench                                 # every task x ppo, reinforce, egreedy x 5 seeds
+    textenv-bench                                 # every task x ppo, grpo, reinforce, egreedy x 5 seeds
     textenv-bench --tasks reviews sorting --agents ppo trl-grpo trl-rloo --seeds 3
     textenv-bench --agents "ppo:kl_coef=0.05,kl_target=none" "trl-rloo:learning_rate=1e-3"
     textenv-bench --report-only                                 # redo the tables and plots
 
-An agent is a name (``ppo``, ``reinforce``, ``egreedy``; ``trl-grpo``, ``trl-rloo`` with
+An agent is a name (``ppo``, ``grpo``, ``reinforce``, ``egreedy``; ``trl-grpo``, ``trl-rloo`` with
 ``pip install textenv[peers]``) with optional settings after a colon: an agent's config fields, or for
 ours the env's ``kl_coef``/``kl_target``/``kl_horizon``; for trl, fields of ``GRPOConfig``/``RLOOConfig``.
 
@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-OURS = ("ppo", "reinforce", "egreedy")
+OURS = ("ppo", "grpo", "reinforce", "egreedy")
 PEERS = ("trl-grpo", "trl-rloo")
 AGENTS = OURS + PEERS
 #: Settings of our agents that go to the env rather than to the agent's config.

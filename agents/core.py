@@ -67,6 +67,35 @@ def gae(
     return advantages, (advantages + values) * mask
 
 
+def clipped_surrogate(
+    advantages: torch.Tensor, ratio: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> torch.Tensor:
+    """PPO's clipped policy loss (Schulman et al., 2017): the masked mean of
+    ``max(-A * r, -A * clip(r, 1 - c, 1 + c))`` over tokens; ``advantages`` and ``ratio`` (B, T)."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)
+    return masked_mean(torch.max(unclipped, clipped), mask)
+
+
+def k3(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Schulman's low-variance, always non-negative estimate of a KL from a log-ratio, per entry:
+    ``exp(x) - x - 1`` with ``x = log q(a) - log p(a)`` for ``a ~ p`` estimates ``KL(p || q)``."""
+    return log_ratio.exp() - log_ratio - 1
+
+
+def group_advantages(
+    returns: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
+    """GRPO's advantages for returns (B,) of consecutive groups of ``group_size`` answers to one prompt:
+    each return minus its group's mean, divided by the group's standard deviation (``scale``; Bessel-
+    corrected, as in trl) plus ``eps``. A group whose answers all scored alike gets 0. Returns (B,)."""
+    grouped = returns.view(-1, group_size)  # (B / k, k)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    if scale:
+        centred = centred / (grouped.std(-1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the categorical distributions given by ``logits`` (..., V) -> (...)."""
     logprobs = logits.log_softmax(-1)

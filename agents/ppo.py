@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
-from agents.core import gae, log_mixture, masked_mean, masked_var, masked_whiten
+from agents.core import clipped_surrogate, gae, log_mixture, masked_mean, masked_var, masked_whiten
 from agents.rollout import Rollout
 
 
@@ -92,9 +92,7 @@ class PPO(Agent):
                 log_ratio = new_logprobs - old_logprobs[index]
                 ratio = log_ratio.exp()
                 adv = advantages[index]
-                pg_loss = masked_mean(
-                    torch.max(-adv * ratio, -adv * ratio.clamp(1 - c.clip_range, 1 + c.clip_range)), m
-                )
+                pg_loss = clipped_surrogate(adv, ratio, m, c.clip_range)
                 ret, old_v = returns[index], old_values[index]
                 vf_loss_unclipped = (values - ret) ** 2
                 if c.clip_range_vf > 0:

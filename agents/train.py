@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from agents.callbacks import BaseCallback
 
-AGENT_NAMES = ("ppo", "reinforce", "egreedy")
+AGENT_NAMES = ("ppo", "grpo", "reinforce", "egreedy")
 #: Settings of the env a flag can give (``None``: the task's or the env's default).
 ENV_OPTIONS = (
     "kl_coef",
@@ -57,9 +57,9 @@ PART_OPTIONS = ("task", "policy", "reference", "tokenizer", "reward_model", "pro
 
 
 def agent_classes() -> dict[str, Any]:
-    from agents import PPO, REINFORCE, EpsilonGreedyPPO
+    from agents import GRPO, PPO, REINFORCE, EpsilonGreedyPPO
 
-    return {"ppo": PPO, "reinforce": REINFORCE, "egreedy": EpsilonGreedyPPO}
+    return {"ppo": PPO, "grpo": GRPO, "reinforce": REINFORCE, "egreedy": EpsilonGreedyPPO}
 
 
 def _parse_value(text: str) -> Any:

@@ -10,13 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from agents import PPO, REINFORCE, EpsilonGreedyPPO
+from agents import GRPO, PPO, REINFORCE, EpsilonGreedyPPO
 from agents.base import Agent
 from textenv import CheckpointError
 
 AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
     "ppo": (PPO, {}),
     "ppo-separate-critic": (PPO, {"critic": "separate"}),
+    "grpo": (GRPO, {"group_size": 4, "num_minibatches": 2}),
+    "grpo-kl-in-loss": (GRPO, {"group_size": 4, "num_minibatches": 2, "num_epochs": 2, "kl_in": "loss"}),
     "reinforce-loo": (REINFORCE, {}),
     "reinforce-moving-average": (REINFORCE, {"baseline": "moving_average"}),
     "egreedy-uniform": (EpsilonGreedyPPO, {"epsilon": 0.2}),
@@ -48,10 +50,10 @@ def test_one_update_changes_every_trainable_parameter(name, make_agent_env):
     assert not unchanged, f"parameters not updated: {unchanged}"
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     assert all(torch.isfinite(p).all() for p in agent.model.parameters())
-    if cls is not REINFORCE:
-        assert agent.model.value_head is not None and "loss/value" in metrics
+    if cls in (REINFORCE, GRPO):
+        assert agent.model.value_head is None  # REINFORCE and GRPO learn no value function
     else:
-        assert agent.model.value_head is None  # REINFORCE learns no value function
+        assert agent.model.value_head is not None and "loss/value" in metrics
 
 
 @pytest.mark.parametrize("critic", ["shared", "separate"])
@@ -90,7 +92,7 @@ def test_group_size_gives_each_group_one_prompt(make_agent_env):
         make_agent_env(num_envs=6).reset(seed=0, options={"group_size": 4})
 
 
-@pytest.mark.parametrize("name", ["ppo", "reinforce-loo", "egreedy-reference-top-k"])
+@pytest.mark.parametrize("name", ["ppo", "grpo-kl-in-loss", "reinforce-loo", "egreedy-reference-top-k"])
 def test_same_seed_same_metrics(name, make_agent_env):
     cls, config = AGENTS[name]
     runs = [train(cls(make_agent_env(), seed=7, **config), 2) for _ in range(2)]
@@ -104,6 +106,7 @@ def test_same_seed_same_metrics(name, make_agent_env):
     [
         "ppo",
         pytest.param("ppo-separate-critic", marks=pytest.mark.slow),  # 2 LMs: the slowest case, same code
+        "grpo",
         "reinforce-moving-average",
         "egreedy-uniform",
     ],
@@ -185,6 +188,14 @@ def test_agent_errors(make_agent_env, make_env, tmp_path):
         REINFORCE(env, baseline="median")
     with pytest.raises(ValueError, match="exploration"):
         EpsilonGreedyPPO(env, exploration="boltzmann")
+    with pytest.raises(ValueError, match="kl_in"):
+        GRPO(env, group_size=4, kl_in="advantage")
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        GRPO(env, group_size=1)
+    with pytest.raises(ValueError, match="must divide"):
+        GRPO(env, group_size=3)
+    with pytest.raises(ValueError, match="num_minibatches=16"):
+        GRPO(env, group_size=4, num_minibatches=16)
     with pytest.raises(CheckpointError, match=r"manifest\.json is missing"):
         PPO.load(tmp_path, env)
     train(PPO(make_agent_env(), seed=0), 1).save(tmp_path / "ppo")
@@ -241,3 +252,46 @@ def test_ppo_trains_with_per_token_kl(make_agent_env):
     )
     metrics = agent.update(rollout)
     assert all(math.isfinite(v) for v in metrics.values())
+
+
+def flat_reward(prompts, responses):
+    return [0.5] * len(responses)
+
+
+def test_grpo_flat_groups_do_not_move_the_policy_when_the_kl_is_in_the_reward(make_agent_env):
+    """Answers that all score alike carry no signal: zero advantages, so no gradient (beta = 0 here)."""
+    env = make_agent_env(reward_model=flat_reward, kl_coef=0.0, kl_target=None)
+    agent = GRPO(env, seed=0, group_size=4, num_minibatches=2)
+    before = [p.detach().clone() for p in agent.model.policy.parameters()]
+    metrics = agent.update(agent.collect_rollout())
+    assert metrics["val/flat_groups"] == 1.0 and metrics["val/advantage_std"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, agent.model.policy.parameters(), strict=True))
+
+
+def test_grpo_kl_in_the_loss_is_its_only_gradient_when_scores_are_flat(make_agent_env):
+    """kl_in="loss": the advantages come from the scores alone, so with flat scores the loss is beta * k3,
+    and a small step on it brings the policy closer to the reference on the same tokens. kl_in="reward":
+    the same beta reaches the advantages instead (through the group's spread of KL), not the loss."""
+    from agents.core import k3, masked_mean
+
+    def kl_to_reference(agent, rollout):
+        with torch.no_grad():
+            new, _, _ = agent.model.evaluate(
+                rollout.input_ids, rollout.attention_mask, agent.constants.prompt_width
+            )
+        return float(masked_mean(k3(rollout.ref_logprobs - new), rollout.response_mask))
+
+    env = make_agent_env(reward_model=flat_reward, kl_coef=0.5, kl_target=None)
+    agent = GRPO(env, seed=0, group_size=4, num_minibatches=1, learning_rate=1e-4, kl_in="loss")
+    rollout = agent.collect_rollout().trimmed()
+    before = kl_to_reference(agent, rollout)
+    metrics = agent.update(rollout)
+    assert metrics["val/advantage_std"] == 0.0 and metrics["loss/policy"] == 0.0
+    assert metrics["loss/total"] == pytest.approx(0.5 * metrics["loss/kl"]) and metrics["loss/kl"] > 0
+    assert metrics["loss/kl"] == pytest.approx(before, rel=1e-5)
+    assert kl_to_reference(agent, rollout) < before
+
+    env = make_agent_env(reward_model=flat_reward, kl_coef=0.5, kl_target=None)
+    agent = GRPO(env, seed=0, group_size=4, num_minibatches=1, learning_rate=1e-4, kl_in="reward")
+    metrics = agent.update(agent.collect_rollout())
+    assert metrics["val/advantage_std"] > 0 and metrics["loss/total"] == pytest.approx(metrics["loss/policy"])

@@ -7,7 +7,18 @@ import math
 import pytest
 import torch
 
-from agents.core import categorical, filter_logits, gae, log_mixture, masked_mean, masked_var, masked_whiten
+from agents.core import (
+    categorical,
+    clipped_surrogate,
+    filter_logits,
+    gae,
+    group_advantages,
+    k3,
+    log_mixture,
+    masked_mean,
+    masked_var,
+    masked_whiten,
+)
 from agents.reinforce import leave_one_out_baseline
 
 
@@ -92,3 +103,30 @@ def test_categorical_draws_from_the_given_distribution():
     assert draws[:, 1].eq(3).all()  # zero-probability tokens are never drawn
     again = torch.stack([categorical(probs, torch.Generator().manual_seed(0)) for _ in range(1)])
     assert torch.equal(again[0], draws[0])  # the generator makes it reproducible
+
+
+def test_group_advantages_hand_computed():
+    returns = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 4.0])  # groups of 3: [1, 3, 2], [2, 0, 4]
+    centred = torch.tensor([-1.0, 1.0, 0.0, 0.0, -2.0, 2.0])
+    torch.testing.assert_close(group_advantages(returns, 3, scale=False), centred)
+    stds = torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0, 2.0])  # Bessel-corrected: sqrt(2 / 2), sqrt(8 / 2)
+    torch.testing.assert_close(group_advantages(returns, 3), centred / (stds + 1e-4))
+    assert group_advantages(torch.full((4,), 7.0), 2).abs().max() == 0  # flat groups: no signal
+
+
+def test_clipped_surrogate_hand_computed():
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 0.5]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
+    # positive A: min(r, 1.2) r -> 1.2 and 0.5; negative A: max(r, 0.8) -> 1.5 and 0.8
+    expected = (-1.2 - 0.5 + 1.5 + 0.8) / 4
+    torch.testing.assert_close(clipped_surrogate(advantages, ratio, mask, 0.2), torch.tensor(expected))
+
+
+def test_k3_is_the_kl_in_expectation():
+    p = torch.tensor([0.7, 0.2, 0.1])
+    q = torch.tensor([0.5, 0.25, 0.25])
+    exact = (p * (p / q).log()).sum()
+    expected_k3 = (p * k3((q / p).log())).sum()  # E_p[k3(log q - log p)] = KL(p || q)
+    torch.testing.assert_close(expected_k3, exact)
+    assert (k3(torch.linspace(-3, 3, 13)) >= 0).all()

@@ -1,0 +1,139 @@
+"""Group Relative Policy Optimisation (Shao et al., 2024): PPO's clipped ratio without a value function.
+
+Each prompt of a rollout is answered ``group_size`` times (the env's ``reset(options={"group_size": k})``)
+and every token of an answer gets that answer's advantage relative to its group:
+``A = (R - mean_group(R)) / (std_group(R) + 1e-4)`` (``scale_rewards=False`` leaves out the division, as
+Dr. GRPO does; Liu et al., 2025). The loss is PPO's clipped surrogate averaged over the tokens of a
+minibatch, ``num_minibatches`` gradient steps per pass over the rollout, ``num_epochs`` passes; the ratio is
+against the log-probs the rollout recorded when it drew the tokens.
+
+Where the KL to the reference enters is a setting, ``kl_in``:
+
+- ``"reward"`` (the default): ``R`` is the env's return, ``score - beta * KL`` with the env's exact
+  per-sequence KL (k1 of the tokens drawn, as it charges every agent), so GRPO maximises the same objective
+  as PPO and REINFORCE and the env's adaptive controller steers beta as it does for them. The KL's
+  gradient then comes through the score-function estimator, which is unbiased for the sequence's KL.
+- ``"loss"`` (DeepSeekMath's form): ``R`` is the reward model's score alone, and ``beta`` times the
+  per-token k3 estimate of KL(pi || pi_ref) is added to the loss (beta: the env's current coefficient, so
+  an adaptive controller still acts). Its gradient is a lower-variance but biased estimate of the
+  sequence KL's gradient (Tang & Munos, 2025), and the KL is kept out of the advantage, so a group
+  whose answers score alike still gets pulled toward the reference.
+
+``"reward"`` is the default because it keeps the objective that the env defines, and the one every other
+agent of the benchmark is judged by; the ablation in the README compares the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from agents.base import Agent, AgentConfig, option, register_agent
+from agents.core import clipped_surrogate, group_advantages, k3, masked_mean
+from agents.rollout import Rollout
+
+KL_PLACES = ("reward", "loss")
+
+
+@dataclass
+class GRPOConfig(AgentConfig):
+    """Settings of :class:`GRPO`."""
+
+    learning_rate: float = option(1e-4, "Adam step size")
+    group_size: int = option(8, "answers per prompt in a rollout (>= 2; must divide num_envs)")
+    num_epochs: int = option(1, "passes over each rollout")
+    num_minibatches: int = option(8, "gradient steps per pass (the rollout's episodes are split evenly)")
+    clip_range: float = option(0.2, "clip of the probability ratio to [1 - c, 1 + c]")
+    scale_rewards: bool = option(True, "divide advantages by their group's standard deviation")
+    kl_in: str = option("reward", "'reward': the env's beta * KL in the return; 'loss': beta * k3 in loss")
+
+
+@register_agent
+class GRPO(Agent):
+    """GRPO with the KL in the reward or in the loss; ``GRPO(env, seed=0, **GRPOConfig fields)``."""
+
+    Config = GRPOConfig
+    config: GRPOConfig
+
+    def __init__(self, env: Any, seed: int = 0, **config: Any):
+        super().__init__(env, seed=seed, **config)
+        c = self.config
+        if c.kl_in not in KL_PLACES:
+            raise ValueError(f"kl_in must be one of {KL_PLACES}, got {c.kl_in!r}")
+        if c.group_size < 2:
+            raise ValueError(f"GRPO compares answers of a group: group_size must be >= 2, got {c.group_size}")
+        if self.constants.num_envs % c.group_size:
+            raise ValueError(
+                f"group_size={c.group_size} must divide the number of sub-envs ({self.constants.num_envs})"
+            )
+        if c.num_minibatches > self.constants.num_envs:
+            raise ValueError(
+                f"num_minibatches={c.num_minibatches} is more than a rollout's {self.constants.num_envs} "
+                "episodes"
+            )
+
+    def group_size(self) -> int:
+        return self.config.group_size
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        c = self.config
+        dev = self.device
+        rollout = rollout.trimmed()
+        P, temperature = self.constants.prompt_width, self.constants.temperature
+        input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
+        mask = rollout.response_mask.to(dev)
+        old_logprobs = rollout.behaviour_logprobs.to(dev)
+        ref_logprobs = rollout.ref_logprobs.to(dev)
+        beta = float(rollout.kl_coef)
+        # the return as the env paid it (score - beta * KL), or the score alone when the KL is in the loss
+        returns = rollout.rewards.sum(-1) if c.kl_in == "reward" else rollout.scores.float()
+        returns = returns.to(dev)
+        advantages = group_advantages(returns, c.group_size, scale=c.scale_rewards)  # (B,)
+
+        batch = rollout.num_episodes
+        size = batch // c.num_minibatches
+        stats: dict[str, list[float]] = {}
+        entropy_first_epoch: list[torch.Tensor] = []
+        self.model.policy.eval()  # no dropout: the ratio compares like with like
+        for epoch in range(c.num_epochs):
+            order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
+            for start in range(0, size * c.num_minibatches, size):
+                index = order[start : start + size]
+                m = mask[index]
+                new_logprobs, _, entropy = self.model.evaluate(
+                    input_ids[index], attention_mask[index], P, temperature
+                )
+                log_ratio = new_logprobs - old_logprobs[index]
+                ratio = log_ratio.exp()
+                pg_loss = clipped_surrogate(advantages[index, None], ratio, m, c.clip_range)
+                mean_entropy = masked_mean(entropy, m)
+                loss = pg_loss - c.ent_coef * mean_entropy
+                kl_loss = masked_mean(k3(ref_logprobs[index] - new_logprobs), m)
+                if c.kl_in == "loss":
+                    loss = loss + beta * kl_loss
+                grad_norm = self.optimizer_step(loss)
+                with torch.no_grad():
+                    if epoch == 0:
+                        entropy_first_epoch.append((entropy * m).sum(-1))
+                    for name, value in (
+                        ("policy/approxkl", masked_mean(k3(-log_ratio), m)),  # KL(old || new)
+                        ("policy/clipfrac", masked_mean(((ratio - 1).abs() > c.clip_range).float(), m)),
+                        ("policy/entropy", mean_entropy),
+                        ("policy/ratio_mean", masked_mean(ratio, m)),
+                        ("loss/policy", pg_loss),
+                        ("loss/kl", kl_loss),
+                        ("loss/total", loss),
+                        ("charts/grad_norm", grad_norm),
+                    ):
+                        stats.setdefault(name, []).append(float(value))
+        metrics = {name: sum(v) / len(v) for name, v in stats.items()}
+        with torch.no_grad():
+            grouped = returns.view(-1, c.group_size)
+            metrics["objective/entropy"] = float(torch.cat(entropy_first_epoch).mean())
+            metrics["val/advantage_std"] = float(advantages.std())
+            metrics["val/group_return_std"] = float(grouped.std(-1).mean())
+            metrics["val/flat_groups"] = float((grouped.std(-1) < 1e-6).float().mean())
+        metrics["charts/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        return metrics
