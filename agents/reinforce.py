@@ -9,9 +9,13 @@ Every token of an episode gets the episode's advantage ``A = G - b``, where ``G`
   baseline is the mean return of the *other* ``k - 1`` answers, which keeps the gradient unbiased;
 - ``"moving_average"``: an exponential moving average of past batches' mean return.
 
-The loss is ``-mean_tokens(A * log pi(a_t|s_t))`` (minus an optional entropy bonus), one gradient step per
-rollout: REINFORCE is on-policy, so a rollout cannot be reused as PPO's clipped epochs reuse it. No value
-function is learnt.
+The loss is ``-mean_tokens(A * log pi(a_t|s_t))`` (minus an optional entropy bonus). With
+``num_minibatches=1`` that is one gradient step per rollout, the textbook on-policy estimator. With more,
+the rollout's episodes are split into that many minibatches, each used once for one step: the first step
+is the textbook one, and each later step weighs every token by the ratio ``pi(a_t|s_t) / mu(a_t|s_t)`` of
+the policy now to the one that drew it (clipped to ``[1 - c, 1 + c]`` where that would push further, as in
+PPO), which keeps the estimate close to on-policy while the policy moves. Every episode still trains
+exactly once. No value function is learnt.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
-from agents.core import masked_mean
+from agents.core import clipped_surrogate, masked_mean
 from agents.rollout import Rollout
 
 BASELINES = ("leave_one_out", "moving_average")
@@ -38,6 +42,8 @@ class REINFORCEConfig(AgentConfig):
     group_size: int = option(4, "answers per prompt in a rollout (leave_one_out needs >= 2)")
     baseline_decay: float = option(0.9, "moving_average: b <- decay * b + (1 - decay) * batch mean return")
     normalize_advantages: bool = option(True, "divide the advantages by their standard deviation")
+    num_minibatches: int = option(1, "gradient steps per rollout, each on its own share of the episodes")
+    clip_range: float = option(0.2, "num_minibatches > 1: clip of the ratio pi / mu to [1 - c, 1 + c]")
 
 
 def leave_one_out_baseline(returns: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -66,6 +72,11 @@ class REINFORCE(Agent):
             raise ValueError(
                 f"group_size={c.group_size} must divide the number of sub-envs ({self.constants.num_envs})"
             )
+        if c.num_minibatches > self.constants.num_envs:
+            raise ValueError(
+                f"num_minibatches={c.num_minibatches} is more than a rollout's {self.constants.num_envs} "
+                "episodes"
+            )
         self.moving_baseline: float | None = None
 
     def group_size(self) -> int:
@@ -89,27 +100,53 @@ class REINFORCE(Agent):
             advantages = advantages / (advantages.std() + 1e-8)
 
         self.model.policy.eval()  # no dropout, as in the rollout
-        logprobs, _, entropy = self.model.evaluate(
-            rollout.input_ids.to(dev),
-            rollout.attention_mask.to(dev),
-            self.constants.prompt_width,
-            self.constants.temperature,
-        )
-        pg_loss = -masked_mean(advantages[:, None] * logprobs, mask)
-        mean_entropy = masked_mean(entropy, mask)
-        loss = pg_loss - c.ent_coef * mean_entropy
-        grad_norm = self.optimizer_step(loss)
+        input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
+        old_logprobs = rollout.behaviour_logprobs.to(dev)
+        batch = rollout.num_episodes
+        size = batch // c.num_minibatches
+        if c.num_minibatches == 1:
+            order = torch.arange(batch, device=dev)
+        else:
+            order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
+        stats: dict[str, list[float]] = {}
+        entropies: list[torch.Tensor] = []
+        for start in range(0, size * c.num_minibatches, size):
+            index = order[start : start + size]
+            m = mask[index]
+            logprobs, _, entropy = self.model.evaluate(
+                input_ids[index],
+                attention_mask[index],
+                self.constants.prompt_width,
+                self.constants.temperature,
+            )
+            adv = advantages[index, None]
+            if start == 0:  # the policy that drew the tokens: the plain score-function gradient
+                pg_loss = -masked_mean(adv * logprobs, m)
+                ratio = torch.ones_like(logprobs)
+            else:  # the policy has moved since: weigh by pi / mu, clipped as in PPO
+                ratio = (logprobs - old_logprobs[index]).exp()
+                pg_loss = clipped_surrogate(adv, ratio, m, c.clip_range)
+            mean_entropy = masked_mean(entropy, m)
+            loss = pg_loss - c.ent_coef * mean_entropy
+            grad_norm = self.optimizer_step(loss)
+            with torch.no_grad():
+                entropies.append((entropy * m).sum(-1))
+                for name, value in (
+                    ("policy/entropy", mean_entropy),
+                    ("policy/ratio_mean", masked_mean(ratio, m)),
+                    ("policy/clipfrac", masked_mean(((ratio - 1).abs() > c.clip_range).float(), m)),
+                    ("loss/policy", pg_loss),
+                    ("loss/total", loss),
+                    ("charts/grad_norm", grad_norm),
+                ):
+                    stats.setdefault(name, []).append(float(value))
+        metrics = {name: sum(v) / len(v) for name, v in stats.items()}
         with torch.no_grad():
-            return {
-                "objective/entropy": float((entropy * mask).sum(-1).mean()),
-                "policy/entropy": float(mean_entropy),
-                "loss/policy": float(pg_loss),
-                "loss/total": float(loss),
-                "val/baseline": float(baseline.mean()),
-                "val/advantage_std": float((returns - baseline).std()),
-                "charts/grad_norm": grad_norm,
-                "charts/learning_rate": float(self.optimizer.param_groups[0]["lr"]),
-            }
+            metrics["objective/entropy"] = float(torch.cat(entropies).mean())
+            metrics["val/baseline"] = float(baseline.mean())
+            metrics["val/advantage_std"] = float((returns - baseline).std())
+        metrics["charts/learning_rate"] = float(self.optimizer.param_groups[0]["lr"])
+        return metrics
 
     def extra_state(self) -> dict[str, Any]:
         return {"moving_baseline": self.moving_baseline}

@@ -21,6 +21,7 @@ AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
     "grpo-kl-in-loss": (GRPO, {"group_size": 4, "num_minibatches": 2, "num_epochs": 2, "kl_in": "loss"}),
     "reinforce-loo": (REINFORCE, {}),
     "reinforce-moving-average": (REINFORCE, {"baseline": "moving_average"}),
+    "reinforce-minibatches": (REINFORCE, {"num_minibatches": 4, "learning_rate": 1e-2}),
     "egreedy-uniform": (EpsilonGreedyPPO, {"epsilon": 0.2}),
     "egreedy-reference-top-k": (
         EpsilonGreedyPPO,
@@ -92,7 +93,9 @@ def test_group_size_gives_each_group_one_prompt(make_agent_env):
         make_agent_env(num_envs=6).reset(seed=0, options={"group_size": 4})
 
 
-@pytest.mark.parametrize("name", ["ppo", "grpo-kl-in-loss", "reinforce-loo", "egreedy-reference-top-k"])
+@pytest.mark.parametrize(
+    "name", ["ppo", "grpo-kl-in-loss", "reinforce-loo", "reinforce-minibatches", "egreedy-reference-top-k"]
+)
 def test_same_seed_same_metrics(name, make_agent_env):
     cls, config = AGENTS[name]
     runs = [train(cls(make_agent_env(), seed=7, **config), 2) for _ in range(2)]
@@ -295,3 +298,15 @@ def test_grpo_kl_in_the_loss_is_its_only_gradient_when_scores_are_flat(make_agen
     agent = GRPO(env, seed=0, group_size=4, num_minibatches=1, learning_rate=1e-4, kl_in="reward")
     metrics = agent.update(agent.collect_rollout())
     assert metrics["val/advantage_std"] > 0 and metrics["loss/total"] == pytest.approx(metrics["loss/policy"])
+
+
+def test_reinforce_minibatches_weigh_later_steps_by_the_ratio(make_agent_env):
+    """The first minibatch is the textbook step (ratio 1); the later ones see a policy that has moved."""
+    agent = REINFORCE(make_agent_env(), seed=0, num_minibatches=4, learning_rate=1e-2)
+    metrics = agent.update(agent.collect_rollout())
+    assert metrics["policy/ratio_mean"] != 1.0
+    one = REINFORCE(make_agent_env(), seed=0, num_minibatches=1, learning_rate=1e-2)
+    metrics = one.update(one.collect_rollout())
+    assert metrics["policy/ratio_mean"] == 1.0 and metrics["policy/clipfrac"] == 0.0
+    with pytest.raises(ValueError, match="num_minibatches=9"):
+        REINFORCE(make_agent_env(), num_minibatches=9)
