@@ -219,7 +219,7 @@ def run_one(job: Job, protocol: Protocol, threads: int) -> dict[str, Any]:
 
         outcome = run_trl(spec, task, job.seed, budget, train_prompts, eval_prompts, protocol)
     else:
-        outcome = _run_ours(spec, task, job.seed, budget, train_prompts, eval_prompts, protocol)
+        outcome = run_ours(spec, task, job.seed, budget, train_prompts, eval_prompts, protocol)
     curve = outcome["curve"]
     reached = next((p for p in curve if p["at_bar"]), None)
     return {
@@ -251,7 +251,7 @@ def run_one(job: Job, protocol: Protocol, threads: int) -> dict[str, Any]:
     }
 
 
-def _run_ours(
+def run_ours(
     spec: AgentSpec,
     task: Any,
     seed: int,
@@ -259,7 +259,13 @@ def _run_ours(
     train_prompts: list[str],
     eval_prompts: list[str],
     protocol: Protocol,
+    on_point: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Train one of our agents for ``budget`` tokens, evaluating at the protocol's points.
+
+    ``on_point(point)`` is called after each evaluation (the tuner reports to Optuna there, and stops a
+    pruned trial by raising). Returns the curve, the agent's settings and a slim metric history.
+    """
     from agents.base import DEFAULT_ENV_KWARGS
     from agents.evaluation import eval_env_like
     from agents.train import agent_classes
@@ -276,7 +282,9 @@ def _run_ours(
         if target > agent.num_timesteps:
             with evaluator.training():
                 agent.learn(target - agent.num_timesteps)
-        evaluator.evaluate(agent, agent.num_timesteps, agent.env.unwrapped.kl_coef)
+        point = evaluator.evaluate(agent, agent.num_timesteps, agent.env.unwrapped.kl_coef)
+        if on_point is not None:
+            on_point(point)
     keep = (
         "charts/timesteps",
         "objective/scores",

@@ -1,0 +1,657 @@
+"""``textenv-tune``: Bayesian search of an agent's settings on a task with Optuna.
+
+Each trial trains the agent with settings drawn by Optuna's TPE sampler, for the task's budget of
+response tokens, and is scored by the benchmark's own protocol (:mod:`agents.benchmark`): held-out
+prompts, fixed evaluation seeds, the task's gold (or the proxy, ``--objective proxy``) at evenly spaced
+points of the budget. A trial's value is the mean over those points (``--summary auc``, the default: high
+early *and* at the end) or the last point's (``--summary final``). A trial whose final KL to the reference
+passes the task's bar (10 nats) is marked infeasible, and TPE learns to avoid its region.
+
+After every evaluation point the trial reports its value so far, and the pruner (median by default, or
+Hyperband) stops it when it trails the trials before it at the same point.
+
+The study is stored in a SQLite file (``OUT/study.db``): running the command again continues it until it
+holds ``--trials`` finished trials, and several processes started on the same folder share it (SQLite
+serialises their writes). A trial whose process was killed is marked failed when the next process starts,
+and its settings are tried again. Beside the study: ``best.json`` (the best settings, named as the training
+command's flags: ``textenv-train --config OUT/best.json``), ``trials.csv``, ``history.png`` and
+``importances.png`` (Optuna's plots) and ``summary.md``.
+
+    textenv-tune --agent reinforce --task reviews --trials 20
+    textenv-tune --agent ppo --task sorting --trials 30 --params learning_rate num_minibatches
+    textenv-tune --agent grpo --fix kl_in=loss --objective proxy --pruner hyperband --out runs/tune-grpo
+
+Why gold and not the proxy: the proxy is the reward model the agent is trained on, and a setting that
+exploits it faster (a higher learning rate, a smaller KL penalty) scores higher on it while the text gets
+worse; a search on the proxy selects for over-optimisation (Gao et al., 2022). Gold is what the task
+really wants, measured on prompts the agent never trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import math
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+
+STUDY_FILE = "study.db"
+BEST_FILE = "best.json"
+WORKERS = ".workers"
+OBJECTIVES = ("gold", "proxy")
+SUMMARIES = ("auc", "final")
+PRUNERS = ("median", "hyperband", "none")
+#: The curve's column each objective reads.
+COLUMN = {"gold": "gold", "proxy": "rm_score"}
+
+
+# ----------------------------------------------------------------------------- the search space
+@dataclass(frozen=True)
+class Param:
+    """One setting's range: ``kind`` is ``"log"`` or ``"float"`` (``low``..``high``), ``"int"`` (``low``..
+    ``high``) or ``"choice"`` (``choices``)."""
+
+    kind: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[Any, ...] = ()
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.kind == "log":
+            return trial.suggest_float(name, self.low, self.high, log=True)
+        if self.kind == "float":
+            return trial.suggest_float(name, self.low, self.high)
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high))
+        return trial.suggest_categorical(name, list(self.choices))
+
+
+def log(low: float, high: float) -> Param:
+    return Param("log", low, high)
+
+
+def uniform(low: float, high: float) -> Param:
+    return Param("float", low, high)
+
+
+def choice(*options: Any) -> Param:
+    return Param("choice", choices=options)
+
+
+_ROLLOUT = {"learning_rate": log(1e-5, 3e-3), "num_envs": choice(64, 128, 256)}
+_PPO = _ROLLOUT | {
+    "num_minibatches": choice(2, 4, 8, 16),
+    "num_epochs": choice(1, 2, 4),
+    "clip_range": uniform(0.1, 0.4),
+    "vf_coef": log(0.01, 1.0),
+    "lam": uniform(0.8, 1.0),
+}
+#: What each agent's search covers by default (powers of two keep every group and minibatch whole).
+SPACES: dict[str, dict[str, Param]] = {
+    "ppo": _PPO,
+    "egreedy": _PPO | {"epsilon": log(1e-3, 0.2)},
+    "grpo": _ROLLOUT
+    | {
+        "group_size": choice(2, 4, 8, 16),
+        "num_minibatches": choice(1, 2, 4, 8, 16, 32),
+        "num_epochs": choice(1, 2),
+        "clip_range": uniform(0.1, 0.4),
+        "scale_rewards": choice(True, False),
+    },
+    "reinforce": _ROLLOUT
+    | {
+        "group_size": choice(2, 4, 8),
+        "num_minibatches": choice(1, 2, 4, 8, 16, 32),
+        "normalize_advantages": choice(True, False),
+    },
+}
+
+
+def space_of(agent: str, params: list[str] | None, fixed: dict[str, Any]) -> dict[str, Param]:
+    """The agent's space, cut to ``params`` if given, without the ``fixed`` settings."""
+    space = SPACES[agent]
+    if params:
+        unknown = sorted(set(params) - set(space))
+        if unknown:
+            raise SystemExit(
+                f"--params: {agent} has no searched setting {', '.join(unknown)}; its space is "
+                f"{', '.join(space)} (fix any other setting with --fix)"
+            )
+        space = {k: v for k, v in space.items() if k in params}
+    return {k: v for k, v in space.items() if k not in fixed}
+
+
+# ----------------------------------------------------------------------------- trials
+@dataclass(frozen=True)
+class Setup:
+    """What every trial of a study shares."""
+
+    agent: str
+    task: str
+    objective: str = "gold"
+    summary: str = "auc"
+    budget: int | None = None  # None: the task's own
+    budget_scale: float = 1.0
+    eval_points: int = 5
+    eval_episodes: int = 128
+    holdout: float = 0.2
+    seed: int = 0
+    threads: int | None = None
+
+    def value(self, curve: list[dict[str, Any]]) -> float:
+        """The trial's value from its evaluation points so far (the start, point 0, left out: it is the
+        same for every trial)."""
+        points = [p[COLUMN[self.objective]] for p in curve[1:]] or [curve[0][COLUMN[self.objective]]]
+        return float(sum(points) / len(points)) if self.summary == "auc" else float(points[-1])
+
+
+def run_trial(
+    setup: Setup, settings: dict[str, Any], report: Callable[[int, float, float], None] | None = None
+) -> dict[str, Any]:
+    """Train the agent with ``settings`` by the benchmark's protocol; ``report(step, value, kl)`` after
+    each evaluation point (it may raise to stop the trial). Returns the value, the final point and the
+    curve."""
+    import torch
+    import transformers
+
+    from agents.benchmark import AgentSpec, Protocol, run_ours
+    from agents.train import split_prompts
+    from textenv import tasks
+
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    transformers.logging.set_verbosity_error()
+    task = tasks.load(setup.task)
+    protocol = Protocol(
+        budget_scale=setup.budget_scale,
+        budget=setup.budget,
+        eval_points=setup.eval_points,
+        eval_episodes=setup.eval_episodes,
+        holdout=setup.holdout,
+    )
+    train_prompts, eval_prompts = split_prompts(task.prompts(), setup.holdout)
+    curve: list[dict[str, Any]] = []
+
+    def on_point(point: dict[str, Any]) -> None:
+        curve.append(point)
+        if report is not None and len(curve) > 1:
+            report(len(curve) - 1, setup.value(curve), float(point["kl"]))
+
+    outcome = run_ours(
+        AgentSpec(setup.agent, settings),
+        task,
+        setup.seed,
+        protocol.budget_of(task),
+        train_prompts,
+        eval_prompts,
+        protocol,
+        on_point=on_point,
+    )
+    final = outcome["curve"][-1]
+    return {"value": setup.value(outcome["curve"]), "final": final, "curve": outcome["curve"]}
+
+
+class Objective:
+    """Optuna's objective: draw settings, train, report, score; records the final figures on the trial."""
+
+    def __init__(self, setup: Setup, space: dict[str, Param], fixed: dict[str, Any], worker: str):
+        self.setup, self.space, self.fixed, self.worker = setup, space, fixed, worker
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        import optuna
+
+        from textenv.tasks.base import KL_BAR
+
+        trial.set_user_attr("worker", self.worker)
+        settings = {name: param.suggest(trial, name) for name, param in self.space.items()} | self.fixed
+
+        last_kl = [0.0]
+
+        def report(step: int, value: float, kl: float) -> None:
+            last_kl[0] = kl
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"trailing at evaluation point {step}")
+
+        try:
+            result = run_trial(self.setup, settings, report)
+        except optuna.TrialPruned:
+            trial.set_constraint("kl_excess", last_kl[0] - KL_BAR)
+            raise
+        final = result["final"]
+        trial.set_constraint("kl_excess", float(final["kl"]) - KL_BAR)  # feasible when <= 0
+        for key in ("gold", "rm_score", "kl", "success_rate", "length"):
+            if key in final and isinstance(final[key], int | float):
+                trial.set_user_attr(f"final_{key}", float(final[key]))
+        trial.set_user_attr("train_cpu_seconds", float(final["train_cpu_seconds"]))
+        if not math.isfinite(result["value"]):
+            raise ValueError(f"the trial's {self.setup.objective} is not a number: {result['value']}")
+        return result["value"]
+
+
+# ----------------------------------------------------------------------------- the study and its workers
+@contextlib.contextmanager
+def worker_lock(out: Path) -> Iterator[str]:
+    """This process's id among the study's workers, held as an exclusive lock on ``OUT/.workers/ID`` for
+    as long as it runs: the lock dies with the process, however it dies."""
+    folder = out / WORKERS
+    folder.mkdir(parents=True, exist_ok=True)
+    name = uuid.uuid4().hex[:12]
+    path = folder / name
+    handle = path.open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield name
+    finally:
+        handle.close()
+        path.unlink(missing_ok=True)
+
+
+def worker_alive(out: Path, name: str) -> bool:
+    """Whether the worker ``name`` still holds its lock."""
+    path = out / WORKERS / name
+    if not name or not path.exists():
+        return False
+    with path.open("r") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    path.unlink(missing_ok=True)
+    return False
+
+
+def recover_orphans(study: optuna.Study, out: Path) -> list[int]:
+    """Mark failed the running trials whose worker is gone (killed), and queue their settings again.
+    Returns the numbers of the trials recovered."""
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage  # Optuna's own storage object: its methods below are public API
+    study_id = storage.get_study_id_from_name(study.study_name)
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker_alive(out, str(trial.user_attrs.get("worker", ""))):
+            continue
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        try:
+            storage.set_trial_user_attr(trial_id, "failed_because", "its worker process died")
+            storage.set_trial_state_values(trial_id, TrialState.FAIL)
+        except UpdateFinishedTrialError:  # another worker starting at the same time got there first
+            continue
+        if trial.params:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+        recovered.append(trial.number)
+    return recovered
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    import optuna
+
+    if name == "median":  # wait for 4 trials, and for each trial's second point, before judging
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(out: Path, name: str, pruner: str, sampler_seed: int | None) -> optuna.Study:
+    import optuna
+
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{(out / STUDY_FILE).resolve()}",
+        engine_kwargs={"connect_args": {"timeout": 60}},  # wait on another worker's write
+    )
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction="maximize",
+        pruner=make_pruner(pruner),
+        load_if_exists=True,
+    )
+    # a seeded sampler starts from the study's length, so that a resumed study does not draw its first
+    # trials' settings again; the trials' KL constraint reaches TPE through Trial.set_constraint
+    seed = None if sampler_seed is None else sampler_seed + len(study.trials)
+    study.sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=5, multivariate=True)
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def tune(
+    setup: Setup,
+    trials: int,
+    out: Path,
+    *,
+    params: list[str] | None = None,
+    fixed: dict[str, Any] | None = None,
+    study_name: str | None = None,
+    pruner: str = "median",
+    sampler_seed: int | None = None,
+    progress: bool = True,
+) -> optuna.Study:
+    """Run (or continue) the study in ``out`` until it holds ``trials`` finished trials, then write
+    ``best.json``, ``trials.csv``, the plots and ``summary.md``. Returns the study."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+    from tqdm.auto import tqdm
+
+    fixed = dict(fixed or {})
+    space = space_of(setup.agent, params, fixed)
+    if not space:
+        raise SystemExit("nothing to search: every setting of the space is fixed")
+    out.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(out, study_name or f"{setup.agent}-{setup.task}", pruner, sampler_seed)
+    check_setup(study, setup, fixed)
+    recovered = recover_orphans(study, out)
+    if recovered:
+        print(f"trials {', '.join(map(str, recovered))} lost their worker: marked failed, queued again")
+    done = finished(study)
+    print(f"{done} of {trials} trials finished in {out / STUDY_FILE}; {max(0, trials - done)} to go")
+    bar = tqdm(
+        total=trials, initial=min(done, trials), unit="trial", disable=not progress, dynamic_ncols=True
+    )
+
+    def tick(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        bar.n = min(finished(study), trials)
+        bar.refresh()
+        described = describe_trial(trial, setup)
+        bar.write(described)
+        write_outputs(study, setup, fixed, out, plots=False)
+
+    if done < trials:
+        with worker_lock(out) as worker:
+            study.optimize(
+                Objective(setup, space, fixed, worker),
+                callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), tick],
+                catch=(ValueError, RuntimeError),
+                gc_after_trial=True,
+            )
+    bar.close()
+    write_outputs(study, setup, fixed, out, plots=True)
+    return study
+
+
+def check_setup(study: optuna.Study, setup: Setup, fixed: dict[str, Any]) -> None:
+    """Record what the study measures on its first run; refuse to continue it with another setup."""
+    recorded = study.user_attrs.get("setup")
+    mine = {"setup": vars(setup) | {"threads": None}, "fixed": fixed}
+    if recorded is None:
+        study.set_user_attr("setup", mine)
+    elif recorded != json.loads(json.dumps(mine)):
+        raise SystemExit(
+            f"the study {study.study_name!r} was run with {recorded}; this command asks for {mine}. Use "
+            "another --out (or --study-name) for another setup"
+        )
+
+
+def describe_trial(trial: optuna.trial.FrozenTrial, setup: Setup) -> str:
+    settings = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    if trial.state.name == "COMPLETE":
+        attrs = trial.user_attrs
+        what = (
+            f"{setup.objective} {trial.value:+.3f} (final gold {attrs.get('final_gold', math.nan):+.3f}, "
+            f"KL {attrs.get('final_kl', math.nan):.2f})"
+        )
+    else:
+        what = trial.state.name.lower()
+    return f"trial {trial.number}: {what}  [{settings}]"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+# ----------------------------------------------------------------------------- outputs
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best complete trial whose final KL is within the bar (None if there is none)."""
+    from optuna.trial import TrialState
+
+    feasible = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(v <= 0 for v in t.constraints.values()) and t.value is not None
+    ]
+    return max(feasible, key=lambda t: float(t.value or 0.0)) if feasible else None
+
+
+def best_config(study: optuna.Study, setup: Setup, fixed: dict[str, Any]) -> dict[str, Any] | None:
+    """The best trial's settings as the training command's ``--config`` file."""
+    from textenv import tasks
+
+    best = best_trial(study)
+    if best is None:
+        return None
+    budget = int((setup.budget or tasks.load(setup.task).budget) * setup.budget_scale)
+    return {"agent": setup.agent, "task": setup.task, "timesteps": budget, **fixed, **best.params}
+
+
+def write_outputs(
+    study: optuna.Study, setup: Setup, fixed: dict[str, Any], out: Path, plots: bool = True
+) -> None:
+    from textenv import atomic
+
+    config = best_config(study, setup, fixed)
+    if config is not None:
+        atomic.write_json(out / BEST_FILE, config)
+    frame = study.trials_dataframe()
+    atomic.write_text(out / "trials.csv", frame.to_csv(index=False))
+    if plots:
+        draw_plots(study, out)
+        atomic.write_text(out / "summary.md", summary_markdown(study, setup, config))
+
+
+def draw_plots(study: optuna.Study, out: Path) -> None:
+    """Optuna's optimisation history and parameter importances, as PNG (skipped while too few trials)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import optuna
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        if complete:
+            _save(optuna.visualization.matplotlib.plot_optimization_history(study), out / "history.png")
+        if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
+            _save(optuna.visualization.matplotlib.plot_param_importances(study), out / "importances.png")
+
+
+def _save(axes: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = axes.figure
+    figure.set_size_inches(8, 4.5)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Optuna's parameter importances (PED-ANOVA), or {} while too few trials vary."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # few trials: "importances will be equal"
+        try:
+            return dict(optuna.importance.get_param_importances(study))
+        except (RuntimeError, ValueError):
+            return {}
+
+
+def summary_markdown(study: optuna.Study, setup: Setup, config: dict[str, Any] | None) -> str:
+    from optuna.trial import TrialState
+
+    counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    lines = [
+        f"# Tuning {setup.agent} on {setup.task}",
+        "",
+        f"Objective: {setup.objective} ({'mean over' if setup.summary == 'auc' else 'last of'} "
+        f"{setup.eval_points} evaluation points of {setup.eval_episodes} held-out episodes), seed "
+        f"{setup.seed}; trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n),
+        "",
+    ]
+    best = best_trial(study)
+    if best is not None and config is not None:
+        a = best.user_attrs
+        lines += [
+            f"Best: trial {best.number}, value {best.value:+.4f}, final gold "
+            f"{a.get('final_gold', math.nan):+.3f}, proxy {a.get('final_rm_score', math.nan):+.3f}, "
+            f"KL {a.get('final_kl', math.nan):.2f}.",
+            "",
+            "```json",
+            json.dumps(config, indent=1),
+            "```",
+            "",
+        ]
+    found = importances(study)
+    if found:
+        lines += ["| setting | importance |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in found.items()]
+        lines.append("")
+    lines += ["| trial | state | value | final gold | final KL | settings |", "|---|---|---|---|---|---|"]
+    for t in study.get_trials(deepcopy=False):
+        value = "" if t.value is None else f"{t.value:+.4f}"
+        gold = t.user_attrs.get("final_gold")
+        kl = t.user_attrs.get("final_kl")
+        lines.append(
+            f"| {t.number} | {t.state.name.lower()} | {value} | "
+            f"{'' if gold is None else f'{gold:+.3f}'} | {'' if kl is None else f'{kl:.2f}'} | "
+            + ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    from agents.benchmark import OURS
+
+    parser = argparse.ArgumentParser(
+        prog="textenv-tune",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]) if __doc__ else None,
+    )
+    parser.add_argument("--agent", choices=OURS, default="ppo", help="agent to tune (default ppo)")
+    parser.add_argument("--task", default="reviews", help="task of the suite (default reviews)")
+    parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold")
+    parser.add_argument("--out", type=Path, default=None, help="study folder (default runs/tune-AGENT-TASK)")
+    parser.add_argument("--study-name", default=None, help="name in the study file (default AGENT-TASK)")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="gold", help="gold (default) or proxy")
+    parser.add_argument("--summary", choices=SUMMARIES, default="auc", help="auc (default) or final")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median", help="median (default), hyperband")
+    parser.add_argument("--params", nargs="+", default=None, help="search only these settings")
+    parser.add_argument(
+        "--fix",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="settings held fixed (agent or env: kl_coef)",
+    )
+    parser.add_argument("--budget", type=int, default=None, help="tokens per trial (default: the task's)")
+    parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply the budget (default 1)")
+    parser.add_argument("--eval-points", type=int, default=5, help="evaluations per trial (default 5)")
+    parser.add_argument(
+        "--eval-episodes", type=int, default=128, help="episodes per evaluation (default 128)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="training seed of every trial (default 0)")
+    parser.add_argument(
+        "--sampler-seed",
+        type=int,
+        default=None,
+        help="seed of TPE (default: random; leave it unset when several processes share a study)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_fixed(items: list[str]) -> dict[str, Any]:
+    from agents.train import _parse_value
+
+    fixed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--fix takes KEY=VALUE, got {item!r}")
+        fixed[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return fixed
+
+
+def main(argv: list[str] | None = None) -> optuna.Study:
+    args = build_parser().parse_args(argv)
+    try:
+        import optuna  # noqa: F401
+    except ImportError:
+        raise SystemExit("textenv-tune needs Optuna: pip install 'textenv[tune]'") from None
+    from textenv import tasks
+
+    if args.task not in tasks.names():
+        raise SystemExit(f"unknown task {args.task!r}; choose from {', '.join(tasks.names())}")
+    if args.trials < 1:
+        raise SystemExit(f"--trials must be >= 1, got {args.trials}")
+    setup = Setup(
+        agent=args.agent,
+        task=args.task,
+        objective=args.objective,
+        summary=args.summary,
+        budget=args.budget,
+        budget_scale=args.budget_scale,
+        eval_points=args.eval_points,
+        eval_episodes=args.eval_episodes,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    out = args.out or Path("runs") / f"tune-{args.agent}-{args.task}"
+    study = tune(
+        setup,
+        args.trials,
+        out,
+        params=args.params,
+        fixed=parse_fixed(args.fix),
+        study_name=args.study_name,
+        pruner=args.pruner,
+        sampler_seed=args.sampler_seed,
+        progress=not args.no_progress,
+    )
+    best = best_trial(study)
+    if best is None:
+        print("no complete trial within the KL bar yet")
+    else:
+        print(f"best: trial {best.number}, {args.objective} {best.value:+.4f}; settings in {out / BEST_FILE}")
+        print(f"train with them: textenv-train --config {out / BEST_FILE}")
+    return study
+
+
+def cli() -> None:
+    main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,146 @@
+"""textenv-tune: the search space, a tiny study that resumes, orphaned trials, the best config trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+
+from agents import tune  # noqa: E402
+from agents.tune import Setup  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Setup(agent="reinforce", task="sorting", budget=200, eval_points=2, eval_episodes=8, threads=1)
+
+
+def test_space_params_and_fixed_settings():
+    space = tune.space_of("grpo", None, {"kl_in": "loss", "clip_range": 0.3})
+    assert "clip_range" not in space and "learning_rate" in space and "group_size" in space
+    assert list(tune.space_of("ppo", ["learning_rate", "lam"], {})) == ["learning_rate", "lam"]
+    with pytest.raises(SystemExit, match="no searched setting group_size"):
+        tune.space_of("ppo", ["group_size"], {})
+    assert tune.parse_fixed(["kl-coef=0.05", "kl_in=loss", "scale_rewards=false"]) == {
+        "kl_coef": 0.05,
+        "kl_in": "loss",
+        "scale_rewards": False,
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        tune.parse_fixed(["learning_rate"])
+    for agent, space in tune.SPACES.items():  # every searched setting is one the agent has
+        from agents.train import agent_classes
+
+        fields = set(agent_classes()[agent].Config.__dataclass_fields__)
+        assert set(space) <= fields, (agent, set(space) - fields)
+
+
+def test_trial_value_is_the_mean_or_the_last_point():
+    curve = [{"gold": -1.0, "rm_score": 0.0}, {"gold": 0.2, "rm_score": 1.0}, {"gold": 0.6, "rm_score": 3.0}]
+    assert Setup("ppo", "reviews").value(curve) == pytest.approx(0.4)  # the start is left out
+    assert Setup("ppo", "reviews", summary="final").value(curve) == pytest.approx(0.6)
+    assert Setup("ppo", "reviews", objective="proxy").value(curve) == pytest.approx(2.0)
+    assert Setup("ppo", "reviews").value(curve[:1]) == -1.0
+
+
+def test_a_tiny_study_resumes_and_writes_the_best_config(tmp_path):
+    out = tmp_path / "study"
+    study = tune.tune(TINY, 2, out, sampler_seed=0, progress=False)
+    assert tune.finished(study) == 2
+    for name in ("study.db", "best.json", "trials.csv", "history.png", "importances.png", "summary.md"):
+        assert (out / name).is_file(), name
+    best = json.loads((out / "best.json").read_text())
+    winner = tune.best_trial(study)
+    assert winner is not None
+    assert best == {"agent": "reinforce", "task": "sorting", "timesteps": 200, **winner.params}
+    assert winner.user_attrs["final_kl"] <= 10 and "final_gold" in winner.user_attrs
+
+    again = tune.tune(TINY, 3, out, sampler_seed=0, progress=False)  # one more trial, not three
+    trials = again.get_trials(deepcopy=False)
+    assert len(trials) == 3 and tune.finished(again) == 3
+    assert trials[2].params != trials[0].params  # a resumed seeded sampler draws new settings
+    assert "| trial | state |" in (out / "summary.md").read_text()
+    with pytest.raises(SystemExit, match="was run with"):
+        tune.tune(Setup(**{**vars(TINY), "objective": "proxy"}), 4, out, progress=False)
+
+
+def test_a_trial_whose_worker_died_is_failed_and_queued_again(tmp_path):
+    study = tune.open_study(tmp_path, "orphans", "median", sampler_seed=0)
+    trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)})
+    trial.set_user_attr("worker", "gone")  # no lock file: its process is dead
+    with tune.worker_lock(tmp_path) as alive:
+        live = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)})
+        live.set_user_attr("worker", alive)
+        assert tune.worker_alive(tmp_path, alive)
+        assert tune.recover_orphans(study, tmp_path) == [trial.number]  # the live worker's trial stays
+    assert not tune.worker_alive(tmp_path, alive)  # its lock went with it
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states == {0: "FAIL", 1: "RUNNING", 2: "WAITING"}  # trial 0's settings queued again
+    queued = study.get_trials(deepcopy=False)[2]
+    assert queued.params == {} and queued.system_attrs["fixed_params"] == trial.params
+    assert queued.user_attrs["retry_of"] == 0
+
+
+def _tuner(out: Path, trials: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "agents.tune", "--agent", "reinforce", "--task", "sorting"]
+    command += ["--trials", str(trials), "--budget", "600", "--eval-points", "3", "--eval-episodes", "8"]
+    command += ["--threads", "1", "--sampler-seed", "1", "--out", str(out), "--no-progress"]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _states(out: Path) -> list[str]:
+    """The study's trial states, read through Optuna (empty while the study file is not made yet)."""
+    if not (out / "study.db").is_file():
+        return []
+    try:
+        study = optuna.load_study(study_name="reinforce-sorting", storage=f"sqlite:///{out / 'study.db'}")
+    except (KeyError, optuna.exceptions.StorageInternalError):
+        return []
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+@pytest.mark.slow  # about a minute: a study killed mid-trial, resumed, then its best config trained
+def test_a_killed_study_resumes_and_its_best_config_trains(tmp_path):
+    from agents.train import main as train_main
+
+    out = tmp_path / "study"
+    first = _tuner(out, 4)
+    deadline = time.monotonic() + 240
+    while not _states(out) or _states(out)[-1] != "RUNNING" or "COMPLETE" not in _states(out):
+        assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
+        assert time.monotonic() < deadline, "no trial finished in time"
+        time.sleep(0.5)
+    time.sleep(1.0)  # into the trial's training
+    first.send_signal(signal.SIGKILL)  # mid-trial: no clean-up, the trial stays RUNNING in the file
+    first.wait()
+    assert _states(out)[-1] == "RUNNING"
+
+    second = _tuner(out, 4)
+    output = second.communicate(timeout=600)[0].decode()
+    assert second.returncode == 0, output
+    assert "marked failed, queued again" in output
+    study = optuna.load_study(study_name="reinforce-sorting", storage=f"sqlite:///{out / 'study.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert tune.finished(study) == 4
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs["failed_because"] == "its worker process died"
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == failed[0].number]
+    assert len(retried) == 1 and retried[0].params == failed[0].params
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+
+    best = json.loads((out / "best.json").read_text())
+    run = tmp_path / "run"
+    summary = train_main(["--config", str(out / "best.json"), "--run-dir", str(run), "--eval-episodes", "16"])
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["agent"] == "reinforce" and saved["task"] == "sorting"
+    for key, value in best.items():
+        if key not in ("agent", "task", "timesteps"):
+            assert saved["config"][key] == value, key
+    assert summary["timesteps"] >= best["timesteps"]
