@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-overopt assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-overopt tune assets clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,14 @@ bench-suite: $(PEERS_STAMP)
 
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py
+
+# a Bayesian search of one agent's settings on one task (resumable): make tune AGENT=reinforce TASK=reviews
+AGENT ?= ppo
+TASK ?= reviews
+TRIALS ?= 20
+tune: $(STAMP)
+	$(BIN)/textenv-tune --agent $(AGENT) --task $(TASK) --trials $(TRIALS) \
+		--out benchmarks/results/tuning/$(AGENT)-$(TASK)
 
 # rebuild the shipped assets of every task, or of some: make assets TASKS="sorting treasure"
 assets: $(STAMP)
