@@ -20,7 +20,7 @@ Where the KL to the reference enters is a setting, ``kl_in``:
   whose answers score alike still gets pulled toward the reference.
 
 ``"reward"`` is the default because it keeps the objective that the env defines, and the one every other
-agent of the benchmark is judged by; the ablation in the README compares the two.
+agent of the benchmark is judged by.
 """
 
 from __future__ import annotations
