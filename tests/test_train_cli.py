@@ -115,7 +115,7 @@ def test_parser_offers_every_agent_setting():
     ):
         assert flag in text
     assert "0.0001 for ppo, 0.0001 for grpo, 0.0005 for reinforce" in text  # defaults that differ
-    assert "(default 4 for ppo, 8 for grpo, 4 for egreedy) [ppo, grpo, egreedy]" in text
+    assert "(default 4 for ppo, 8 for grpo, 1 for reinforce, 4 for egreedy)" in text
 
 
 def test_a_setting_of_another_agent_is_refused(tmp_path):
