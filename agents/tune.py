@@ -107,6 +107,7 @@ SPACES: dict[str, dict[str, Param]] = {
         "num_epochs": choice(1, 2),
         "clip_range": uniform(0.1, 0.4),
         "scale_rewards": choice(True, False),
+        "kl_in": choice("reward", "loss"),
     },
     "reinforce": _ROLLOUT
     | {
