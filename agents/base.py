@@ -94,7 +94,15 @@ class AgentConfig:
 
 
 #: Settings that must be > 0 (floats) or >= 1 (integers), and settings that are shares in [0, 1].
-_POSITIVE = {"learning_rate", "adam_eps", "num_envs", "num_epochs", "num_minibatches", "group_size"}
+_POSITIVE = {
+    "learning_rate",
+    "adam_eps",
+    "num_envs",
+    "num_epochs",
+    "num_minibatches",
+    "minibatch_size",
+    "group_size",
+}
 _UNIT_INTERVAL = {"gamma", "lam", "baseline_decay", "top_p"}
 
 

@@ -96,6 +96,14 @@ def group_advantages(
     return centred.reshape(-1)
 
 
+def minibatches(order: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """``order`` (B,) cut into consecutive minibatches of ``size`` episodes (the last one smaller when
+    ``size`` does not divide B): every episode lands in exactly one."""
+    if size < 1:
+        raise ValueError(f"a minibatch needs at least one episode, got size {size}")
+    return list(order.split(size))
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy (nats) of the categorical distributions given by ``logits`` (..., V) -> (...)."""
     logprobs = logits.log_softmax(-1)

@@ -4,8 +4,8 @@ Each prompt of a rollout is answered ``group_size`` times (the env's ``reset(opt
 and every token of an answer gets that answer's advantage relative to its group:
 ``A = (R - mean_group(R)) / (std_group(R) + 1e-4)`` (``scale_rewards=False`` leaves out the division, as
 Dr. GRPO does; Liu et al., 2025). The loss is PPO's clipped surrogate averaged over the tokens of a
-minibatch, ``num_minibatches`` gradient steps per pass over the rollout, ``num_epochs`` passes; the ratio is
-against the log-probs the rollout recorded when it drew the tokens.
+minibatch of ``minibatch_size`` episodes, one gradient step each, ``num_epochs`` passes over the shuffled
+rollout; the ratio is against the log-probs the rollout recorded when it drew the tokens.
 
 Where the KL to the reference enters is a setting, ``kl_in``:
 
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
-from agents.core import clipped_surrogate, group_advantages, k3, masked_mean
+from agents.core import clipped_surrogate, group_advantages, k3, masked_mean, minibatches
 from agents.rollout import Rollout
 
 KL_PLACES = ("reward", "loss")
@@ -41,10 +41,12 @@ KL_PLACES = ("reward", "loss")
 class GRPOConfig(AgentConfig):
     """Settings of :class:`GRPO`."""
 
-    learning_rate: float = option(1e-4, "Adam step size")
+    learning_rate: float = option(3e-4, "Adam step size")
     group_size: int = option(8, "answers per prompt in a rollout (>= 2; must divide num_envs)")
     num_epochs: int = option(1, "passes over each rollout")
-    num_minibatches: int = option(8, "gradient steps per pass (the rollout's episodes are split evenly)")
+    minibatch_size: int = option(
+        8, "episodes per gradient step (the last minibatch of a pass may be smaller)"
+    )
     clip_range: float = option(0.2, "clip of the probability ratio to [1 - c, 1 + c]")
     scale_rewards: bool = option(True, "divide advantages by their group's standard deviation")
     kl_in: str = option("reward", "'reward': the env's beta * KL in the return; 'loss': beta * k3 in loss")
@@ -68,11 +70,6 @@ class GRPO(Agent):
             raise ValueError(
                 f"group_size={c.group_size} must divide the number of sub-envs ({self.constants.num_envs})"
             )
-        if c.num_minibatches > self.constants.num_envs:
-            raise ValueError(
-                f"num_minibatches={c.num_minibatches} is more than a rollout's {self.constants.num_envs} "
-                "episodes"
-            )
 
     def group_size(self) -> int:
         return self.config.group_size
@@ -93,14 +90,12 @@ class GRPO(Agent):
         advantages = group_advantages(returns, c.group_size, scale=c.scale_rewards)  # (B,)
 
         batch = rollout.num_episodes
-        size = batch // c.num_minibatches
         stats: dict[str, list[float]] = {}
         entropy_first_epoch: list[torch.Tensor] = []
         self.model.policy.eval()  # no dropout: the ratio compares like with like
         for epoch in range(c.num_epochs):
             order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
-            for start in range(0, size * c.num_minibatches, size):
-                index = order[start : start + size]
+            for index in minibatches(order, c.minibatch_size):
                 m = mask[index]
                 new_logprobs, _, entropy = self.model.evaluate(
                     input_ids[index], attention_mask[index], P, temperature

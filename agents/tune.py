@@ -103,7 +103,7 @@ SPACES: dict[str, dict[str, Param]] = {
     "grpo": _ROLLOUT
     | {
         "group_size": choice(2, 4, 8, 16),
-        "num_minibatches": choice(1, 2, 4, 8, 16, 32),
+        "minibatch_size": choice(4, 8, 16, 32, 64, 256),
         "num_epochs": choice(1, 2),
         "clip_range": uniform(0.1, 0.4),
         "scale_rewards": choice(True, False),
@@ -112,7 +112,7 @@ SPACES: dict[str, dict[str, Param]] = {
     "reinforce": _ROLLOUT
     | {
         "group_size": choice(2, 4, 8),
-        "num_minibatches": choice(1, 2, 4, 8, 16, 32),
+        "minibatch_size": choice(4, 8, 16, 32, 64, 256),
         "normalize_advantages": choice(True, False),
     },
 }

@@ -17,11 +17,11 @@ from textenv import CheckpointError
 AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
     "ppo": (PPO, {}),
     "ppo-separate-critic": (PPO, {"critic": "separate"}),
-    "grpo": (GRPO, {"group_size": 4, "num_minibatches": 2}),
-    "grpo-kl-in-loss": (GRPO, {"group_size": 4, "num_minibatches": 2, "num_epochs": 2, "kl_in": "loss"}),
+    "grpo": (GRPO, {"group_size": 4, "minibatch_size": 3}),
+    "grpo-kl-in-loss": (GRPO, {"group_size": 4, "minibatch_size": 4, "num_epochs": 2, "kl_in": "loss"}),
     "reinforce-loo": (REINFORCE, {}),
     "reinforce-moving-average": (REINFORCE, {"baseline": "moving_average"}),
-    "reinforce-minibatches": (REINFORCE, {"num_minibatches": 4, "learning_rate": 1e-2}),
+    "reinforce-minibatches": (REINFORCE, {"minibatch_size": 2, "learning_rate": 1e-2}),
     "egreedy-uniform": (EpsilonGreedyPPO, {"epsilon": 0.2}),
     "egreedy-reference-top-k": (
         EpsilonGreedyPPO,
@@ -197,8 +197,8 @@ def test_agent_errors(make_agent_env, make_env, tmp_path):
         GRPO(env, group_size=1)
     with pytest.raises(ValueError, match="must divide"):
         GRPO(env, group_size=3)
-    with pytest.raises(ValueError, match="num_minibatches=16"):
-        GRPO(env, group_size=4, num_minibatches=16)
+    with pytest.raises(ValueError, match="minibatch_size"):
+        GRPO(env, group_size=4, minibatch_size=0)
     with pytest.raises(CheckpointError, match=r"manifest\.json is missing"):
         PPO.load(tmp_path, env)
     train(PPO(make_agent_env(), seed=0), 1).save(tmp_path / "ppo")
@@ -264,7 +264,7 @@ def flat_reward(prompts, responses):
 def test_grpo_flat_groups_do_not_move_the_policy_when_the_kl_is_in_the_reward(make_agent_env):
     """Answers that all score alike carry no signal: zero advantages, so no gradient (beta = 0 here)."""
     env = make_agent_env(reward_model=flat_reward, kl_coef=0.0, kl_target=None)
-    agent = GRPO(env, seed=0, group_size=4, num_minibatches=2)
+    agent = GRPO(env, seed=0, group_size=4, minibatch_size=4)
     before = [p.detach().clone() for p in agent.model.policy.parameters()]
     metrics = agent.update(agent.collect_rollout())
     assert metrics["val/flat_groups"] == 1.0 and metrics["val/advantage_std"] == 0.0
@@ -285,7 +285,7 @@ def test_grpo_kl_in_the_loss_is_its_only_gradient_when_scores_are_flat(make_agen
         return float(masked_mean(k3(rollout.ref_logprobs - new), rollout.response_mask))
 
     env = make_agent_env(reward_model=flat_reward, kl_coef=0.5, kl_target=None)
-    agent = GRPO(env, seed=0, group_size=4, num_minibatches=1, learning_rate=1e-4, kl_in="loss")
+    agent = GRPO(env, seed=0, group_size=4, minibatch_size=8, learning_rate=1e-4, kl_in="loss")
     rollout = agent.collect_rollout().trimmed()
     before = kl_to_reference(agent, rollout)
     metrics = agent.update(rollout)
@@ -295,18 +295,28 @@ def test_grpo_kl_in_the_loss_is_its_only_gradient_when_scores_are_flat(make_agen
     assert kl_to_reference(agent, rollout) < before
 
     env = make_agent_env(reward_model=flat_reward, kl_coef=0.5, kl_target=None)
-    agent = GRPO(env, seed=0, group_size=4, num_minibatches=1, learning_rate=1e-4, kl_in="reward")
+    agent = GRPO(env, seed=0, group_size=4, minibatch_size=8, learning_rate=1e-4, kl_in="reward")
     metrics = agent.update(agent.collect_rollout())
     assert metrics["val/advantage_std"] > 0 and metrics["loss/total"] == pytest.approx(metrics["loss/policy"])
 
 
 def test_reinforce_minibatches_weigh_later_steps_by_the_ratio(make_agent_env):
-    """The first minibatch is the textbook step (ratio 1); the later ones see a policy that has moved."""
-    agent = REINFORCE(make_agent_env(), seed=0, num_minibatches=4, learning_rate=1e-2)
+    """The first minibatch is the textbook step (ratio 1); the later ones see a policy that has moved.
+    A minibatch as large as the rollout is one textbook step."""
+    agent = REINFORCE(make_agent_env(), seed=0, minibatch_size=3, learning_rate=1e-2)  # steps of 3, 3, 2
     metrics = agent.update(agent.collect_rollout())
     assert metrics["policy/ratio_mean"] != 1.0
-    one = REINFORCE(make_agent_env(), seed=0, num_minibatches=1, learning_rate=1e-2)
+    one = REINFORCE(make_agent_env(), seed=0, minibatch_size=8, learning_rate=1e-2)
     metrics = one.update(one.collect_rollout())
     assert metrics["policy/ratio_mean"] == 1.0 and metrics["policy/clipfrac"] == 0.0
-    with pytest.raises(ValueError, match="num_minibatches=9"):
-        REINFORCE(make_agent_env(), num_minibatches=9)
+    with pytest.raises(ValueError, match="minibatch_size"):
+        REINFORCE(make_agent_env(), minibatch_size=0)
+
+
+def test_minibatches_use_every_episode_once():
+    from agents.core import minibatches
+
+    order = torch.randperm(10)
+    parts = minibatches(order, 4)
+    assert [len(p) for p in parts] == [4, 4, 2] and torch.equal(torch.cat(parts), order)
+    assert [len(p) for p in minibatches(order, 32)] == [10]

@@ -114,8 +114,9 @@ def test_parser_offers_every_agent_setting():
         "--kl-target",
     ):
         assert flag in text
-    assert "0.0001 for ppo, 0.0001 for grpo, 0.0005 for reinforce" in text  # defaults that differ
-    assert "(default 4 for ppo, 8 for grpo, 1 for reinforce, 4 for egreedy)" in text
+    assert "0.0001 for ppo, 0.0003 for grpo, 0.0005 for reinforce" in text  # defaults that differ
+    assert "--minibatch-size MINIBATCH_SIZE episodes per gradient step" in text
+    assert "[grpo, reinforce]" in text  # the agents a setting applies to
 
 
 def test_a_setting_of_another_agent_is_refused(tmp_path):
