@@ -38,7 +38,7 @@ BASELINES = ("leave_one_out", "moving_average")
 class REINFORCEConfig(AgentConfig):
     """Settings of :class:`REINFORCE`."""
 
-    learning_rate: float = option(5e-4, "Adam step size (one step per rollout, so larger than PPO's)")
+    learning_rate: float = option(5e-4, "Adam step size")
 
     baseline: str = option("leave_one_out", "'leave_one_out' (over group_size answers) or 'moving_average'")
     group_size: int = option(4, "answers per prompt in a rollout (leave_one_out needs >= 2)")
