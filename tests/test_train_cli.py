@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 import agents.base
-from agents import PPO
+from agents import GRPO, PPO
 from agents.train import build_parser, main
 
 TINY = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "2", "--save-every", "1", "--quiet"]
@@ -90,13 +90,16 @@ def test_training_command_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
 
 
 def test_training_command_on_another_task(tmp_path, capsys):
+    """Another task, and another agent: GRPO, saved and loaded as the others are."""
     run = tmp_path / "run"
-    summary = main(["--task", "sorting", "--timesteps", "100", "--run-dir", str(run), *TINY])
+    summary = main(
+        ["--task", "sorting", "--agent", "grpo", "--timesteps", "100", "--run-dir", str(run), *TINY]
+    )
     out = capsys.readouterr().out
     assert "task sorting" in out and "positions right" in out and "sort :" in out
     assert set(summary["after"]) >= {"gold", "success_rate", "position_accuracy", "permutation_rate"}
     assert json.loads((run / "config.json").read_text())["task"] == "sorting"
-    assert PPO.load(run / "checkpoint", "TextRLHF-v0").env.unwrapped.task == "sorting"  # saved with the run
+    assert GRPO.load(run / "checkpoint", "TextRLHF-v0").env.unwrapped.task == "sorting"  # saved with the run
     with pytest.raises(SystemExit, match="as it was made"):
         main(["--resume", str(run), "--task", "reviews", *TINY])
     with pytest.raises(SystemExit):
