@@ -51,6 +51,10 @@ WORKERS = ".workers"
 OBJECTIVES = ("gold", "proxy")
 SUMMARIES = ("auc", "final")
 PRUNERS = ("median", "hyperband", "none")
+#: Errors that fail one trial (settings that do not fit together, a diverged run) and not the study.
+FAILURES = (ValueError, RuntimeError)
+#: A worker stops after this many failed trials in a row: the setup itself is wrong.
+MAX_FAILURES_IN_A_ROW = 3
 #: The curve's column each objective reads.
 COLUMN = {"gold": "gold", "proxy": "rm_score"}
 
@@ -229,6 +233,9 @@ class Objective:
         except optuna.TrialPruned:
             trial.set_constraint("kl_excess", last_kl[0] - KL_BAR)
             raise
+        except FAILURES as error:  # the trial fails, the study goes on; say why in the study
+            trial.set_user_attr("failed_because", f"{type(error).__name__}: {error}"[:500])
+            raise
         final = result["final"]
         trial.set_constraint("kl_excess", float(final["kl"]) - KL_BAR)  # feasible when <= 0
         for key in ("gold", "rm_score", "kl", "success_rate", "length"):
@@ -303,7 +310,7 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     import optuna
 
     if name == "median":  # wait for 4 trials, and for each trial's second point, before judging
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -372,20 +379,33 @@ def tune(
         total=trials, initial=min(done, trials), unit="trial", disable=not progress, dynamic_ncols=True
     )
 
+    failures: list[str] = []
+
     def tick(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         bar.n = min(finished(study), trials)
         bar.refresh()
-        described = describe_trial(trial, setup)
-        bar.write(described)
+        bar.write(describe_trial(trial, setup))
         write_outputs(study, setup, fixed, out, plots=False)
+        if trial.state == TrialState.FAIL:
+            failures.append(str(trial.user_attrs.get("failed_because", "unknown")))
+            if len(failures) >= MAX_FAILURES_IN_A_ROW:
+                study.stop()
+        else:
+            failures.clear()
 
     if done < trials:
         with worker_lock(out) as worker:
             study.optimize(
                 Objective(setup, space, fixed, worker),
                 callbacks=[MaxTrialsCallback(trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), tick],
-                catch=(ValueError, RuntimeError),
+                catch=FAILURES,
                 gc_after_trial=True,
+            )
+        if len(failures) >= MAX_FAILURES_IN_A_ROW:
+            bar.close()
+            raise SystemExit(
+                f"{len(failures)} trials in a row failed; the last because {failures[-1]}. Check the "
+                "fixed settings and the space (--fix, --params)"
             )
     bar.close()
     write_outputs(study, setup, fixed, out, plots=True)
@@ -413,6 +433,8 @@ def describe_trial(trial: optuna.trial.FrozenTrial, setup: Setup) -> str:
             f"{setup.objective} {trial.value:+.3f} (final gold {attrs.get('final_gold', math.nan):+.3f}, "
             f"KL {attrs.get('final_kl', math.nan):.2f})"
         )
+    elif trial.state.name == "FAIL":
+        what = f"failed ({trial.user_attrs.get('failed_because', 'unknown')})"
     else:
         what = trial.state.name.lower()
     return f"trial {trial.number}: {what}  [{settings}]"

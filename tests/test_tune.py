@@ -70,6 +70,18 @@ def test_a_tiny_study_resumes_and_writes_the_best_config(tmp_path):
         tune.tune(Setup(**{**vars(TINY), "objective": "proxy"}), 4, out, progress=False)
 
 
+def test_settings_that_cannot_work_fail_their_trials_and_stop_the_worker(tmp_path):
+    """group_size=3 divides no rollout size of the space: every trial fails, with its reason kept."""
+    with pytest.raises(
+        SystemExit, match="3 trials in a row failed; the last because ValueError: group_size=3"
+    ):
+        tune.tune(TINY, 5, tmp_path, fixed={"group_size": 3}, sampler_seed=0, progress=False)
+    study = optuna.load_study(study_name="reinforce-sorting", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["FAIL"] * 3
+    assert all("must divide the number of sub-envs" in t.user_attrs["failed_because"] for t in trials)
+
+
 def test_a_trial_whose_worker_died_is_failed_and_queued_again(tmp_path):
     study = tune.open_study(tmp_path, "orphans", "median", sampler_seed=0)
     trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)})
