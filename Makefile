@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-overopt tune assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-vs-trl bench-overopt tune assets clean
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ bench: $(STAMP)
 bench-suite: $(PEERS_STAMP)
 	$(BIN)/textenv-bench --agents ppo reinforce egreedy trl-grpo trl-rloo --workers 2 \
 		--out benchmarks/results/suite
+
+# the default task, our agents beside trl's fastest (RLOO at lr 1e-3) and best (GRPO at 1e-4) settings,
+# evaluated every 5k tokens so that "tokens to bar" resolves below trl's 10-12k
+bench-vs-trl: $(PEERS_STAMP)
+	$(BIN)/textenv-bench --tasks reviews --seeds 5 --eval-points 24 --workers 2 --out benchmarks/results/vs-trl \
+		--agents ppo grpo grpo:kl_in=loss reinforce egreedy trl-grpo trl-rloo trl-rloo:learning_rate=1e-3
 
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py
