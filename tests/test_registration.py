@@ -24,6 +24,7 @@ def test_import_does_not_load_torch_or_transformers():
     assert out == "False False"
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers: about 10 s
 def test_make_with_module_prefix_needs_no_prior_import(tmp_path, tokenizer, reference):
     reference.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)

@@ -138,6 +138,7 @@ def test_config_file_with_flags_overriding_it(tmp_path):
         main(["--config", str(bad), "--run-dir", str(tmp_path / "bad"), *TINY])
 
 
+@pytest.mark.slow  # importing tensorboard's reader costs about 5 s
 def test_report_to_tensorboard_writes_events_tensorboard_reads(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -175,6 +176,7 @@ def test_report_to_tensorboard_writes_events_tensorboard_reads(tmp_path):
     assert [e.value for e in events.Scalars("eval/gold")] == pytest.approx([r["eval/gold"] for r in rows])
 
 
+@pytest.mark.slow  # wandb's offline run costs about 3 s
 def test_report_to_wandb_logs_the_same_names(tmp_path, monkeypatch):
     logged: list[tuple[dict, int]] = []
     runs: list[dict] = []
