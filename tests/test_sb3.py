@@ -54,7 +54,10 @@ def test_sb3_ppo_trains_two_rollouts_on_a_tiny_vocabulary(tmp_path):
 
 @pytest.mark.slow
 def test_sb3_ppo_raises_the_score_on_a_tiny_vocabulary(tmp_path):
-    """20k steps (~20 s): the mean lexicon score of sampled responses goes from ~0 to near its maximum 1."""
+    """6k steps: the mean lexicon score of sampled responses goes from ~0 to near its maximum 1.
+
+    Measured with one torch thread: 0.03 before, 0.75 after 2k steps, 0.95 after 4k, 0.99 after 6k (23 CPU s).
+    """
     tokenizer = toy.toy_tokenizer(["the", "food", "was", "good", "bad", "."])
     env = gym.make(
         "TextRLHF-v0",
@@ -84,6 +87,6 @@ def test_sb3_ppo_raises_the_score_on_a_tiny_vocabulary(tmp_path):
     )
     model.set_logger(configure(str(tmp_path), []))
     before = mean_score(model)
-    model.learn(total_timesteps=20_000)
+    model.learn(total_timesteps=6_144)
     after = mean_score(model)
     assert before < 0.3 and after > 0.8, (before, after)
