@@ -300,6 +300,72 @@ def run_ours(
     }
 
 
+def expected_config(spec: AgentSpec, task: str) -> dict[str, Any] | None:
+    """The settings a run of ``spec`` on ``task`` records in its ``config`` today (the agent's defaults with
+    the spec's settings on top), as JSON gives them back; None for trl's agents, whose settings go with
+    the pinned trl version that every line records."""
+    if spec.is_peer:
+        return None
+    from agents.base import DEFAULT_ENV_KWARGS
+    from agents.train import agent_classes
+
+    env_settings = {k: v for k, v in spec.settings.items() if k in ENV_SETTINGS}
+    config = {k: v for k, v in spec.settings.items() if k not in ENV_SETTINGS}
+    made = vars(agent_classes()[spec.name].Config(**config))
+    saved = {k: v for k, v in made.items() if k != "env_kwargs"}
+    env_kwargs = DEFAULT_ENV_KWARGS | {"task": task} | env_settings
+    return json.loads(json.dumps(saved | {"env_kwargs": env_kwargs}))
+
+
+def changed_settings(line: dict[str, Any], expected: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{setting: (recorded, today's)} for every setting of a results line that differs from today's."""
+    recorded = line.get("config") or {}
+    return {
+        k: (recorded.get(k), expected.get(k))
+        for k in sorted(set(recorded) | set(expected))
+        if recorded.get(k) != expected.get(k)
+    }
+
+
+def set_aside_changed(results: ResultsFile, jobs: list[Job], rerun: bool) -> None:
+    """Runs of ``jobs`` whose recorded settings are not those the same spec has today (the agent's
+    defaults changed since) must not count as done: stop and say which, or with ``rerun`` move their lines
+    to ``results-replaced.jsonl`` beside the results, so that they run again."""
+    wanted = {job.key: job for job in jobs}
+    expected: dict[tuple[str, str], dict[str, Any] | None] = {}
+    stale: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for line in results.read():
+        job = wanted.get(line.get("key", ""))
+        if job is None:
+            continue
+        if (job.agent, job.task) not in expected:
+            expected[job.agent, job.task] = expected_config(AgentSpec.parse(job.agent), job.task)
+        today = expected[job.agent, job.task]
+        if today is not None and (diff := changed_settings(line, today)):
+            stale[job.key] = diff
+    if not stale:
+        return
+    by_agent: dict[str, dict[str, tuple[Any, Any]]] = {}
+    for key, diff in stale.items():
+        by_agent.setdefault(key.split("/")[1], {}).update(diff)
+    what = "; ".join(
+        f"{agent}: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items())
+        for agent, diff in by_agent.items()
+    )
+    if not rerun:
+        raise SystemExit(
+            f"{len(stale)} run(s) in {results.path} were made with other settings than their agents have "
+            f"today ({what}). Run again with --rerun-changed to set them aside and run them anew, or use "
+            "another --out"
+        )
+    aside = ResultsFile(results.path.with_name("results-replaced.jsonl"))
+    keep = []
+    for line in results.read():
+        (aside.append(line) if line.get("key") in stale else keep.append(line))
+    results.rewrite(keep)
+    print(f"set aside {len(stale)} run(s) made with other settings ({what}) in {aside.path}")
+
+
 # ----------------------------------------------------------------------------- the results file
 class ResultsFile:
     """``results.jsonl``: one line per finished run, appended whole (one write, flushed and fsynced).
@@ -327,6 +393,15 @@ class ResultsFile:
             keep = data.rfind(b"\n") + 1
             with self.path.open("r+b") as handle:
                 handle.truncate(keep)
+
+    def rewrite(self, rows: list[dict[str, Any]]) -> None:
+        """Replace the file by ``rows`` at once (a temporary file renamed over it)."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(row, allow_nan=True) + "\n" for row in rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
 
     def append(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, allow_nan=True) + "\n").encode("utf-8")
@@ -441,9 +516,12 @@ def run_all(
     workers: int = 1,
     threads: int | None = None,
     on_done: Callable[[Job, dict[str, Any] | None], None] | None = None,
+    rerun_changed: bool = False,
 ) -> list[Job]:
     """Run the jobs not yet in ``out/results.jsonl``, ``workers`` at a time, each pinned to its own
-    ``threads`` CPUs (default: the CPUs shared out between the workers); returns the failed ones."""
+    ``threads`` CPUs (default: the CPUs shared out between the workers); returns the failed ones. A run
+    recorded with other settings than its agent has today stops the runner, or with ``rerun_changed`` is
+    set aside and run again (:func:`set_aside_changed`)."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm.auto import tqdm
@@ -452,6 +530,7 @@ def run_all(
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     with exclusive(out):
         results.repair()
+        set_aside_changed(results, jobs, rerun_changed)
         done = set()
         for line in results.read():
             done.add(line["key"])
@@ -551,6 +630,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: CPUs / workers)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    parser.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="runs recorded with other settings than their agents have today (changed defaults) are moved "
+        "to results-replaced.jsonl and run again (default: stop and name them)",
+    )
     parser.add_argument("--report-only", action="store_true", help="only redo the tables and plots")
     parser.add_argument("--no-report", action="store_true", help="run, but leave the report out")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap replications (default 2000)")
@@ -587,7 +672,14 @@ def main(argv: list[str] | None = None) -> int:
             holdout=args.holdout,
         )
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-        failed = run_all(plan(args.tasks, specs, seeds), protocol, args.out, args.workers, args.threads)
+        failed = run_all(
+            plan(args.tasks, specs, seeds),
+            protocol,
+            args.out,
+            args.workers,
+            args.threads,
+            rerun_changed=args.rerun_changed,
+        )
         if failed:
             print(f"{len(failed)} run(s) failed; their logs are in {args.out / 'logs'}; run again to retry")
     if not args.no_report:

@@ -155,6 +155,8 @@ def test_a_killed_runner_resumes_without_doing_a_run_twice(tmp_path):
     assert row["curve"][0]["timesteps"] == 0 and row["final"]["timesteps"] >= 300
     assert {"gold", "rm_score", "kl", "success_rate", "train_cpu_seconds"} <= set(row["final"])
     assert row["versions"]["torch"] and row["machine"]["cpus"]
+    # what a run records is what the runner expects of today's defaults (else resuming would object)
+    assert row["config"] == benchmark.expected_config(AgentSpec.parse("reinforce"), "sorting")
 
 
 def test_each_worker_gets_its_own_cpus():
@@ -180,6 +182,29 @@ def test_resuming_with_another_protocol_is_refused(tmp_path):
     ResultsFile(tmp_path / "results.jsonl").append({"key": "x", "protocol": {"budget": 1}})
     with pytest.raises(SystemExit, match="another protocol"):
         benchmark.run_all([Job("sorting", "ppo", 0)], Protocol(), tmp_path)
+
+
+def test_runs_made_with_other_defaults_stop_the_runner_or_are_set_aside(tmp_path):
+    results = ResultsFile(tmp_path / "results.jsonl")
+    jobs = [Job("sorting", "ppo", 0), Job("sorting", "reinforce", 0), Job("sorting", "trl-rloo", 0)]
+    today = {a: benchmark.expected_config(AgentSpec.parse(a), "sorting") for a in ("ppo", "reinforce")}
+    assert today["ppo"]["env_kwargs"]["task"] == "sorting" and today["reinforce"]["minibatch_size"] >= 1
+    old = today["reinforce"] | {"learning_rate": 5e-4, "num_envs": 3}  # as if the defaults had moved since
+    for job, config in zip(jobs, [today["ppo"], old, {"anything": 1}], strict=True):
+        results.append({"key": job.key, "config": config})
+    results.append({"key": "reviews/reinforce/seed0", "config": old})  # not among the jobs: left alone
+    assert benchmark.changed_settings({"config": today["ppo"]}, today["ppo"]) == {}
+
+    with pytest.raises(SystemExit, match=r"1 run\(s\).*reinforce: learning_rate 0.0005 -> .*num_envs 3 ->"):
+        benchmark.set_aside_changed(results, jobs, rerun=False)
+    assert len(results.read()) == 4  # nothing moved without --rerun-changed
+
+    benchmark.set_aside_changed(results, jobs, rerun=True)
+    kept = [line["key"] for line in results.read()]
+    assert kept == ["sorting/ppo/seed0", "sorting/trl-rloo/seed0", "reviews/reinforce/seed0"]
+    aside = ResultsFile(tmp_path / "results-replaced.jsonl").read()
+    assert [line["key"] for line in aside] == ["sorting/reinforce/seed0"] and aside[0]["config"] == old
+    benchmark.set_aside_changed(results, jobs, rerun=False)  # nothing left to object to
 
 
 def _fake_run(task: str, agent: str, seed: int, final_gold: float, reached: int | None) -> dict:
