@@ -49,9 +49,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/env_overhead.py
 	$(BIN)/python benchmarks/throughput.py
 
-# every task x our three agents and trl's GRPO and RLOO x 5 seeds, two runs at once (hours; resumable)
+# every task x our four agents and trl's GRPO and RLOO x 5 seeds, two runs at once (hours; resumable)
 bench-suite: $(PEERS_STAMP)
-	$(BIN)/textenv-bench --agents ppo reinforce egreedy trl-grpo trl-rloo --workers 2 \
+	$(BIN)/textenv-bench --agents ppo grpo reinforce egreedy trl-grpo trl-rloo --workers 2 \
 		--out benchmarks/results/suite
 
 # the default task, our agents beside trl's fastest (RLOO at lr 1e-3) and best (GRPO at 1e-4) settings,

@@ -103,7 +103,7 @@ _PPO = _ROLLOUT | {
 #: What each agent's search covers by default (powers of two keep every group and minibatch whole).
 SPACES: dict[str, dict[str, Param]] = {
     "ppo": _PPO,
-    "egreedy": _PPO | {"epsilon": log(1e-3, 0.2)},
+    "egreedy": _PPO | {"epsilon": log(1e-3, 0.2), "exploration": choice("uniform", "reference_top_k")},
     "grpo": _ROLLOUT
     | {
         "group_size": choice(2, 4, 8, 16),

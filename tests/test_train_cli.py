@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import agents.base
 from agents import GRPO, PPO
-from agents.train import build_parser, main
+from agents.train import agent_classes, build_parser, main
 
 TINY = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "2", "--save-every", "1", "--quiet"]
 
@@ -117,7 +117,10 @@ def test_parser_offers_every_agent_setting():
         "--kl-target",
     ):
         assert flag in text
-    assert "0.0001 for ppo, 0.0003 for grpo, 0.0005 for reinforce" in text  # defaults that differ
+    rates = {name: cls.Config().learning_rate for name, cls in agent_classes().items()}
+    assert len(set(rates.values())) > 1  # the agents' defaults differ, so the help names each one's
+    shown = ", ".join(f"{rate} for {name}" for name, rate in rates.items())
+    assert f"Adam step size (default {shown})" in text
     assert "--minibatch-size MINIBATCH_SIZE episodes per gradient step" in text
     assert "[grpo, reinforce]" in text  # the agents a setting applies to
 
