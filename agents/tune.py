@@ -79,6 +79,14 @@ class Param:
             return trial.suggest_int(name, int(self.low), int(self.high))
         return trial.suggest_categorical(name, list(self.choices))
 
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` is one this range can draw."""
+        if self.kind == "choice":
+            return any(value == option and type(value) is type(option) for option in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        return self.low <= value <= self.high and (self.kind != "int" or float(value).is_integer())
+
 
 def log(low: float, high: float) -> Param:
     return Param("log", low, high)
@@ -221,11 +229,12 @@ class Objective:
         settings = {name: param.suggest(trial, name) for name, param in self.space.items()} | self.fixed
 
         last_kl = [0.0]
+        baseline = bool(trial.user_attrs.get("queued"))  # a queued baseline runs to its end
 
         def report(step: int, value: float, kl: float) -> None:
             last_kl[0] = kl
             trial.report(value, step)
-            if trial.should_prune():
+            if not baseline and trial.should_prune():
                 raise optuna.TrialPruned(f"trailing at evaluation point {step}")
 
         try:
@@ -337,6 +346,23 @@ def open_study(out: Path, name: str, pruner: str, sampler_seed: int | None) -> o
     return study
 
 
+def queued_settings(agent: str, space: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a trial queued by ``--enqueue``: ``given`` on top of the agent's defaults, for the
+    settings the study searches; each must lie in its range, so that TPE can learn from the trial."""
+    from agents.train import agent_classes
+
+    unknown = sorted(set(given) - set(space))
+    if unknown:
+        raise SystemExit(f"--enqueue {', '.join(unknown)}: not searched by this study ({', '.join(space)})")
+    defaults = vars(agent_classes()[agent].Config())
+    settings = {name: given.get(name, defaults[name]) for name in space}
+    for name, value in settings.items():
+        if not space[name].holds(value):
+            where = space[name].choices or f"[{space[name].low:g}, {space[name].high:g}]"
+            raise SystemExit(f"--enqueue: {name}={value!r} lies outside the study's range {where}")
+    return settings
+
+
 def finished(study: optuna.Study) -> int:
     from optuna.trial import TrialState
 
@@ -354,9 +380,14 @@ def tune(
     pruner: str = "median",
     sampler_seed: int | None = None,
     progress: bool = True,
+    enqueue: dict[str, Any] | None = None,
 ) -> optuna.Study:
     """Run (or continue) the study in ``out`` until it holds ``trials`` finished trials, then write
-    ``best.json``, ``trials.csv``, the plots and ``summary.md``. Returns the study."""
+    ``best.json``, ``trials.csv``, the plots and ``summary.md``. Returns the study.
+
+    ``enqueue`` (settings, ``{}`` for the agent's defaults) queues one trial with them before the search
+    goes on (unless the study already holds a trial with the same settings): a baseline that shows what
+    the search buys."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -370,6 +401,10 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(out, study_name or f"{setup.agent}-{setup.task}", pruner, sampler_seed)
     check_setup(study, setup, fixed)
+    if enqueue is not None:
+        queued = queued_settings(setup.agent, space, enqueue)
+        study.enqueue_trial(queued, user_attrs={"queued": True}, skip_if_exists=True)
+        print("queued a trial with " + ", ".join(f"{k}={_short(v)}" for k, v in queued.items()))
     recovered = recover_orphans(study, out)
     if recovered:
         print(f"trials {', '.join(map(str, recovered))} lost their worker: marked failed, queued again")
@@ -563,7 +598,8 @@ def summary_markdown(study: optuna.Study, setup: Setup, config: dict[str, Any] |
         gold = t.user_attrs.get("final_gold")
         kl = t.user_attrs.get("final_kl")
         lines.append(
-            f"| {t.number} | {t.state.name.lower()} | {value} | "
+            f"| {t.number} | {t.state.name.lower()}{' (queued)' if t.user_attrs.get('queued') else ''} "
+            f"| {value} | "
             f"{'' if gold is None else f'{gold:+.3f}'} | {'' if kl is None else f'{kl:.2f}'} | "
             + ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
             + " |"
@@ -597,6 +633,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="settings held fixed (agent or env: kl_coef)",
     )
+    parser.add_argument(
+        "--enqueue",
+        nargs="*",
+        default=None,
+        metavar="KEY=VALUE",
+        help="queue one trial with the agent's defaults, or these settings on top of them (a baseline; "
+        "raise --trials by one to add it to a finished study)",
+    )
     parser.add_argument("--budget", type=int, default=None, help="tokens per trial (default: the task's)")
     parser.add_argument("--budget-scale", type=float, default=1.0, help="multiply the budget (default 1)")
     parser.add_argument("--eval-points", type=int, default=5, help="evaluations per trial (default 5)")
@@ -615,14 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_fixed(items: list[str]) -> dict[str, Any]:
+def parse_fixed(items: list[str], flag: str = "--fix") -> dict[str, Any]:
     from agents.train import _parse_value
 
     fixed = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SystemExit(f"--fix takes KEY=VALUE, got {item!r}")
+            raise SystemExit(f"{flag} takes KEY=VALUE, got {item!r}")
         fixed[key.strip().replace("-", "_")] = _parse_value(value.strip())
     return fixed
 
@@ -662,6 +706,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
         pruner=args.pruner,
         sampler_seed=args.sampler_seed,
         progress=not args.no_progress,
+        enqueue=None if args.enqueue is None else parse_fixed(args.enqueue, "--enqueue"),
     )
     best = best_trial(study)
     if best is None:

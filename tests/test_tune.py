@@ -14,7 +14,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from agents import tune  # noqa: E402
+from agents import REINFORCE, tune  # noqa: E402
 from agents.tune import Setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,8 +66,28 @@ def test_a_tiny_study_resumes_and_writes_the_best_config(tmp_path):
     assert len(trials) == 3 and tune.finished(again) == 3
     assert trials[2].params != trials[0].params  # a resumed seeded sampler draws new settings
     assert "| trial | state |" in (out / "summary.md").read_text()
+
+    # a baseline: the agent's defaults with one setting changed, queued ahead of TPE's next draw
+    queued = tune.tune(TINY, 4, out, sampler_seed=0, progress=False, enqueue={"learning_rate": 1e-3})
+    last = queued.get_trials(deepcopy=False)[3]
+    defaults = vars(REINFORCE.Config())
+    assert last.params == {k: 1e-3 if k == "learning_rate" else defaults[k] for k in last.params}
+    assert last.user_attrs["queued"] and last.state.name == "COMPLETE"  # never pruned
+    assert f"| 3 | complete (queued) | {last.value:+.4f} |" in (out / "summary.md").read_text()
     with pytest.raises(SystemExit, match="was run with"):
         tune.tune(Setup(**{**vars(TINY), "objective": "proxy"}), 4, out, progress=False)
+
+
+def test_a_queued_trial_must_lie_in_the_searched_space():
+    space = tune.space_of("reinforce", None, {})
+    assert tune.queued_settings("reinforce", space, {})["group_size"] == REINFORCE.Config().group_size
+    with pytest.raises(SystemExit, match=r"group_size=3 lies outside the study's range \(2, 4, 8\)"):
+        tune.queued_settings("reinforce", space, {"group_size": 3})
+    with pytest.raises(SystemExit, match=r"learning_rate=0\.5 lies outside the study's range"):
+        tune.queued_settings("reinforce", space, {"learning_rate": 0.5})
+    with pytest.raises(SystemExit, match="epsilon: not searched"):
+        tune.queued_settings("reinforce", space, {"epsilon": 0.1})
+    assert not tune.choice(True, False).holds(1) and tune.choice(64, 128).holds(64)
 
 
 def test_settings_that_cannot_work_fail_their_trials_and_stop_the_worker(tmp_path):
