@@ -285,7 +285,7 @@ def test_grpo_kl_in_the_loss_is_its_only_gradient_when_scores_are_flat(make_agen
         return float(masked_mean(k3(rollout.ref_logprobs - new), rollout.response_mask))
 
     env = make_agent_env(reward_model=flat_reward, kl_coef=0.5, kl_target=None)
-    agent = GRPO(env, seed=0, group_size=4, minibatch_size=8, learning_rate=1e-4, kl_in="loss")
+    agent = GRPO(env, seed=0, group_size=4, minibatch_size=8, num_epochs=1, learning_rate=1e-4, kl_in="loss")
     rollout = agent.collect_rollout().trimmed()
     before = kl_to_reference(agent, rollout)
     metrics = agent.update(rollout)
