@@ -487,7 +487,9 @@ def child(payload_text: str) -> None:
 
 # ----------------------------------------------------------------------------- the command
 def plan(tasks: list[str], agents: list[AgentSpec], seeds: list[int]) -> list[Job]:
-    return [Job(t, a.label, s) for t in tasks for a in agents for s in seeds]
+    """Every (task, agent, seed), a seed's runs of every agent together: a benchmark stopped part-way holds
+    the same seeds for every agent of a task, and a busy spell of the machine falls on all agents alike."""
+    return [Job(t, a.label, s) for t in tasks for s in seeds for a in agents]
 
 
 def same_protocol(saved: Any, protocol: Protocol) -> bool:

@@ -49,10 +49,12 @@ def test_budgets_for_every_task_or_one():
         benchmark.parse_budgets(["lots"], ["sorting"])
 
 
-def test_plan_is_tasks_by_agents_by_seeds_with_unique_keys():
+def test_plan_is_tasks_by_seeds_by_agents_with_unique_keys():
     jobs = benchmark.plan(["sorting", "reviews"], [AgentSpec("ppo"), AgentSpec("reinforce")], [0, 1, 2])
     assert len(jobs) == 12 and len({j.key for j in jobs}) == 12
     assert jobs[0] == Job("sorting", "ppo", 0) and jobs[0].key == "sorting/ppo/seed0"
+    assert jobs[1] == Job("sorting", "reinforce", 0) and jobs[2] == Job("sorting", "ppo", 1)
+    assert {j.task for j in jobs[:6]} == {"sorting"}
 
 
 def test_results_file_appends_whole_lines_and_drops_a_torn_one(tmp_path):
