@@ -34,6 +34,8 @@ class EpsilonGreedyConfig(PPOConfig):
     lam: float = option(0.87, "GAE lambda: bias-variance trade-off of the advantages")
     clip_range: float = option(0.33, "PPO clip of the probability ratio to [1 - c, 1 + c]")
     vf_coef: float = option(0.5, "weight of the value loss")
+    num_epochs: int = option(1, "passes over each rollout")
+    num_minibatches: int = option(8, "minibatches per pass (episodes are split evenly)")
     epsilon: float = option(0.018, "probability mass of the exploration distribution U in mu")
     epsilon_final: float | None = option(None, "decay epsilon linearly to this (None = constant)")
     epsilon_decay_timesteps: int = option(200_000, "timesteps over which epsilon reaches epsilon_final")
