@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,14 +130,25 @@ def _tuner(out: Path, trials: int) -> subprocess.Popen:
 
 
 def _states(out: Path) -> list[str]:
-    """The study's trial states, read through Optuna (empty while the study file is not made yet)."""
-    if not (out / "study.db").is_file():
+    """The study's trial states in order, read from its file without Optuna: read-only, so that the test
+    neither races the worker to create the schema nor holds a lock it needs (empty while there is none)."""
+    return [state for state, _ in _trials(out)]
+
+
+def _trials(out: Path) -> list[tuple[str, int]]:
+    """(state, how many settings it has drawn) of each trial in order, read as :func:`_states` reads."""
+    path = out / "study.db"
+    if not path.is_file():
         return []
+    query = (
+        "SELECT t.state, COUNT(p.param_id) FROM trials t LEFT JOIN trial_params p ON p.trial_id = t.trial_id "
+        "GROUP BY t.trial_id ORDER BY t.number"
+    )
     try:
-        study = optuna.load_study(study_name="reinforce-sorting", storage=f"sqlite:///{out / 'study.db'}")
-    except (KeyError, optuna.exceptions.StorageInternalError):
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+            return [(state, int(drawn)) for state, drawn in db.execute(query)]
+    except sqlite3.OperationalError:  # the worker is still making the tables, or holds a write lock
         return []
-    return [t.state.name for t in study.get_trials(deepcopy=False)]
 
 
 @pytest.mark.slow  # about a minute: a study killed mid-trial, resumed, then its best config trained
@@ -145,11 +158,19 @@ def test_a_killed_study_resumes_and_its_best_config_trains(tmp_path):
     out = tmp_path / "study"
     first = _tuner(out, 4)
     deadline = time.monotonic() + 240
-    while not _states(out) or _states(out)[-1] != "RUNNING" or "COMPLETE" not in _states(out):
+    training = ("RUNNING", len(tune.space_of("reinforce", None, {})))  # every setting drawn: it trains
+    while True:  # until a trial trains after one has finished
         assert first.poll() is None, first.stdout.read().decode() if first.stdout else ""
         assert time.monotonic() < deadline, "no trial finished in time"
-        time.sleep(0.5)
-    time.sleep(1.0)  # into the trial's training
+        trials = _trials(out)
+        if trials and trials[-1] == training and ("COMPLETE", training[1]) in trials:
+            # a trial of this size can end within a second: freeze the worker, then look again, so that
+            # the trial is still running when the worker dies
+            first.send_signal(signal.SIGSTOP)
+            if _trials(out)[-1:] == [training]:
+                break
+            first.send_signal(signal.SIGCONT)  # it ended in between: wait for the next one
+        time.sleep(0.1)
     first.send_signal(signal.SIGKILL)  # mid-trial: no clean-up, the trial stays RUNNING in the file
     first.wait()
     assert _states(out)[-1] == "RUNNING"
