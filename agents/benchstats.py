@@ -207,27 +207,56 @@ def improvement_table(scores: dict[str, np.ndarray], reps: int = REPS) -> tuple[
     return lines, matrix
 
 
+def legend_label(agent: str, width: int = 40) -> str:
+    """An agent's name for a legend or an axis: a long ``name:key=value,...`` broken over lines at commas."""
+    if len(agent) <= width:
+        return agent
+    name, _, rest = agent.partition(":")
+    lines = [name + ":"]
+    for item in rest.split(","):
+        if len(lines[-1]) + len(item) + 2 > width and not lines[-1].endswith(":"):  # room for the comma
+            lines[-1] += ","
+            lines.append(item)
+        else:
+            lines[-1] += ("" if lines[-1].endswith(":") else ",") + item
+    return "\n".join(lines)
+
+
 def plot_curves(grouped: dict[str, dict[str, list[dict[str, Any]]]], path: Path, reps: int = REPS) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(grouped), 3, figsize=(13, 2.8 * len(grouped)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(grouped), 3, figsize=(13, 2.8 * len(grouped) + 0.8), squeeze=False, layout="constrained"
+    )
+    colors: dict[str, str] = {}  # one colour per agent in every panel, one legend for the figure
+    for runs in grouped.values():
+        for agent in runs:
+            colors.setdefault(agent, f"C{len(colors) % 10}")
     for row, (task_name, runs) in enumerate(grouped.items()):
         for col, (key, title, _) in enumerate(METRICS):
             ax = axes[row, col]
-            for i, (agent, group) in enumerate(runs.items()):
+            for agent, group in runs.items():
                 x, y, low, high = curve_iqm(group, key, reps)
-                ax.plot(x, y, color=f"C{i}", label=agent, marker="o", ms=2.5, lw=1.3)
-                ax.fill_between(x, low, high, color=f"C{i}", alpha=0.15)
+                ax.plot(x, y, color=colors[agent], marker="o", ms=2.5, lw=1.3)
+                ax.fill_between(x, low, high, color=colors[agent], alpha=0.15)
             ax.set_title(f"{task_name}: {title}", fontsize=9)
             ax.grid(alpha=0.3)
             if row == len(grouped) - 1:
                 ax.set_xlabel("response tokens")
-        axes[row, 0].legend(fontsize=7)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", ms=3, lw=1.3) for c in colors.values()]
+    fig.legend(
+        handles,
+        [legend_label(a) for a in colors],
+        loc="outside lower center",
+        ncol=min(len(colors), 5),
+        fontsize=8,
+    )
     fig.suptitle("held-out evaluations: IQM over seeds and 95% stratified-bootstrap band", fontsize=10)
-    fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
@@ -253,7 +282,7 @@ def plot_profile(scores: dict[str, np.ndarray], path: Path, reps: int = REPS) ->
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=colors[a], lw=2) for a in scores]
-    ax.legend(handles, list(scores), fontsize=8, loc="lower left")
+    ax.legend(handles, [legend_label(a) for a in scores], fontsize=8, loc="lower left")
     ax.set_title("performance profile: share of runs (all tasks) with normalised final gold > τ", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -274,8 +303,9 @@ def plot_improvement(agents: list[str], matrix: np.ndarray, path: Path) -> Path:
             if i != j:
                 shade = "white" if abs(matrix[i, j] - 0.5) > 0.3 else "black"  # readable on dark cells
                 ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=8, color=shade)
-    ax.set_xticks(range(len(agents)), agents, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(agents)), agents, fontsize=8)
+    names = [legend_label(a, width=28) for a in agents]
+    ax.set_xticks(range(len(agents)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(agents)), names, fontsize=8)
     ax.set_title("P(row's normalised final gold > column's), all tasks", fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()

@@ -252,6 +252,15 @@ def test_tokens_to_bar_counts_runs_that_never_reach_it_as_slowest():
     assert benchstats.to_bar_text(runs[1:], "timesteps", "{:.0f}") == "not reached (1/2)"
 
 
+def test_long_agent_names_break_at_commas_in_legends():
+    long = "ppo:clip_range=0.38,lam=0.94,learning_rate=0.00045,num_envs=64,num_epochs=1,vf_coef=0.036"
+    label = benchstats.legend_label(long, width=30)
+    lines = label.split("\n")
+    assert len(lines) > 1 and all(len(line) <= 30 for line in lines)
+    assert label.replace("\n", "") == long  # nothing lost or added but the breaks
+    assert benchstats.legend_label("trl-rloo:learning_rate=0.001") == "trl-rloo:learning_rate=0.001"
+
+
 def test_report_tables_and_plots(tmp_path):
     results = ResultsFile(tmp_path / "results.jsonl")
     for seed in range(3):
