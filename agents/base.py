@@ -63,6 +63,8 @@ class AgentConfig:
 
     num_envs: int = option(256, "episodes per iteration: sub-envs of the vector env made from an env id")
     learning_rate: float = option(1e-4, "Adam step size")
+    lr_final: float | None = option(None, "decay the step size linearly to this (None = constant)")
+    lr_decay_timesteps: int | None = option(None, "timesteps over which it reaches lr_final (needs lr_final)")
     adam_eps: float = option(1e-5, "Adam epsilon")
     max_grad_norm: float = option(1.0, "clip the gradient's global norm to this (0 = no clipping)")
     ent_coef: float = option(0.0, "weight of the entropy bonus (mean per-token entropy) in the loss")
@@ -91,6 +93,14 @@ class AgentConfig:
                 raise TypeError(f"{f.name} must be a string, got {type(value).__name__} {value!r:.60}")
             elif kind == "dict" and not isinstance(value, dict):
                 raise TypeError(f"{f.name} must be a dict, got {type(value).__name__}")
+        if (self.lr_final is None) != (self.lr_decay_timesteps is None):
+            raise ValueError(
+                "lr_final and lr_decay_timesteps go together: set both to decay the learning rate, or neither"
+            )
+        if self.lr_final is not None and self.lr_final < 0:
+            raise ValueError(f"lr_final must be >= 0, got {self.lr_final}")
+        if self.lr_decay_timesteps is not None and self.lr_decay_timesteps < 1:
+            raise ValueError(f"lr_decay_timesteps must be >= 1, got {self.lr_decay_timesteps}")
 
 
 #: Settings that must be > 0 (floats) or >= 1 (integers), and settings that are shares in [0, 1].
@@ -186,6 +196,16 @@ class Agent:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
+    def learning_rate_now(self) -> float:
+        """The step size for the next update: ``learning_rate``, or linear from it to ``lr_final`` over the
+        first ``lr_decay_timesteps`` response tokens and ``lr_final`` after (it follows ``num_timesteps``,
+        so a resumed agent goes on where it stopped)."""
+        c = self.config
+        if c.lr_final is None or c.lr_decay_timesteps is None:
+            return c.learning_rate
+        progress = min(1.0, self.num_timesteps / c.lr_decay_timesteps)
+        return c.learning_rate + (c.lr_final - c.learning_rate) * progress
+
     def optimizer_step(self, loss: torch.Tensor) -> float:
         """Backpropagate ``loss``, clip the global gradient norm, step; returns the norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
@@ -228,6 +248,9 @@ class Agent:
                 rollout = self.collect_rollout()
                 self.last_rollout = rollout
                 rolled = time.perf_counter()
+                lr = self.learning_rate_now()
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
                 metrics = self.update(rollout)
                 done = time.perf_counter()
                 self.num_timesteps += rollout.num_tokens

@@ -22,6 +22,7 @@ AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
     "reinforce-loo": (REINFORCE, {}),
     "reinforce-moving-average": (REINFORCE, {"baseline": "moving_average"}),
     "reinforce-minibatches": (REINFORCE, {"minibatch_size": 2, "learning_rate": 1e-2}),
+    "reinforce-lr-decay": (REINFORCE, {"learning_rate": 1e-2, "lr_final": 1e-3, "lr_decay_timesteps": 40}),
     "egreedy-uniform": (EpsilonGreedyPPO, {"epsilon": 0.2}),
     "egreedy-reference-top-k": (
         EpsilonGreedyPPO,
@@ -111,6 +112,7 @@ def test_same_seed_same_metrics(name, make_agent_env):
         pytest.param("ppo-separate-critic", marks=pytest.mark.slow),  # 2 LMs: the slowest case, same code
         "grpo",
         "reinforce-moving-average",
+        "reinforce-lr-decay",  # the step size follows num_timesteps, which the checkpoint restores
         "egreedy-uniform",
     ],
 )
@@ -214,6 +216,33 @@ def test_epsilon_schedule(make_agent_env):
     agent.num_timesteps = 1000
     assert agent.epsilon() == pytest.approx(0.1)
     assert EpsilonGreedyPPO(make_agent_env(), epsilon=0.3).epsilon() == 0.3
+
+
+def test_learning_rate_decays_linearly_and_reaches_the_optimizer(make_agent_env):
+    agent = REINFORCE(make_agent_env(), learning_rate=1e-2, lr_final=2e-3, lr_decay_timesteps=100)
+    assert agent.learning_rate_now() == pytest.approx(1e-2)
+    agent.num_timesteps = 50
+    assert agent.learning_rate_now() == pytest.approx(6e-3)
+    agent.num_timesteps = 1000
+    assert agent.learning_rate_now() == pytest.approx(2e-3)
+
+    agent = train(REINFORCE(make_agent_env(), learning_rate=1e-2, lr_final=0.0, lr_decay_timesteps=30), 3)
+    rates = [row["charts/learning_rate"] for row in agent.history]
+    assert rates[0] == pytest.approx(1e-2) and rates[0] > rates[1] >= rates[2] >= 0.0
+    done_before_last = agent.history[-2]["charts/timesteps"]
+    assert rates[-1] == pytest.approx(max(0.0, 1e-2 * (1 - done_before_last / 30)))
+    assert agent.optimizer.param_groups[0]["lr"] == pytest.approx(rates[-1])
+    assert all(
+        row["charts/learning_rate"] == 1e-2
+        for row in train(REINFORCE(make_agent_env(), learning_rate=1e-2), 2).history
+    )
+
+    with pytest.raises(ValueError, match="go together"):
+        REINFORCE(make_agent_env(), lr_final=1e-4)
+    with pytest.raises(ValueError, match="lr_final must be >= 0"):
+        REINFORCE(make_agent_env(), lr_final=-1e-4, lr_decay_timesteps=10)
+    with pytest.raises(ValueError, match="lr_decay_timesteps must be >= 1"):
+        REINFORCE(make_agent_env(), lr_final=1e-4, lr_decay_timesteps=0)
 
 
 def test_reference_top_k_exploration_records_u_of_each_token(make_agent_env):
