@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-vs-trl bench-overopt tune assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-vs-trl bench-vs-trl-fine bench-overopt tune assets clean
 
 setup: $(STAMP)
 
@@ -62,6 +62,12 @@ bench-vs-trl: $(PEERS_STAMP)
 	$(BIN)/textenv-bench --tasks reviews --seeds 5 --eval-points 24 --workers 2 --out benchmarks/results/vs-trl \
 		--agents ppo $(PPO_TUNED) grpo grpo:kl_in=loss reinforce egreedy trl-grpo trl-rloo \
 		trl-rloo:learning_rate=1e-3
+
+# the first 30k tokens of the same runs, evaluated every 1k tokens: who reaches the bar first, resolved
+bench-vs-trl-fine: $(PEERS_STAMP)
+	$(BIN)/textenv-bench --tasks reviews --seeds 5 --budget 30000 --eval-points 30 --workers 2 --reps 500 \
+		--out benchmarks/results/vs-trl-fine --agents reinforce grpo trl-rloo:learning_rate=1e-3 \
+		reinforce:num_envs=32,minibatch_size=8 reinforce:num_envs=16,minibatch_size=8
 
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py
