@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-vs-trl bench-vs-trl-fine bench-overopt tune assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-overopt tune assets clean
 
 setup: $(STAMP)
 
@@ -58,16 +58,27 @@ bench-suite: $(PEERS_STAMP)
 # lr 1e-3) and best (GRPO at 1e-4) settings, evaluated every 5k tokens so that "tokens to bar" resolves
 # below trl's 10-12k
 PPO_TUNED = ppo:learning_rate=4.5e-4,num_envs=64,num_epochs=1,num_minibatches=8,clip_range=0.38,vf_coef=0.036,lam=0.94
+# REINFORCE's former defaults (rollouts of 64 in steps of 16, a constant step size), kept beside today's
+REINFORCE_OLD = reinforce:num_envs=64,minibatch_size=16,lr_final=none,lr_decay_timesteps=none
+
 bench-vs-trl: $(PEERS_STAMP)
 	$(BIN)/textenv-bench --tasks reviews --seeds 5 --eval-points 24 --workers 2 --out benchmarks/results/vs-trl \
-		--agents ppo $(PPO_TUNED) grpo grpo:kl_in=loss reinforce egreedy trl-grpo trl-rloo \
+		--agents ppo $(PPO_TUNED) grpo grpo:kl_in=loss reinforce $(REINFORCE_OLD) egreedy trl-grpo trl-rloo \
 		trl-rloo:learning_rate=1e-3
 
 # the first 30k tokens of the same runs, evaluated every 1k tokens: who reaches the bar first, resolved
 bench-vs-trl-fine: $(PEERS_STAMP)
 	$(BIN)/textenv-bench --tasks reviews --seeds 5 --budget 30000 --eval-points 30 --workers 2 --reps 500 \
-		--out benchmarks/results/vs-trl-fine --agents reinforce grpo trl-rloo:learning_rate=1e-3 \
-		reinforce:num_envs=32,minibatch_size=8 reinforce:num_envs=16,minibatch_size=8
+		--out benchmarks/results/vs-trl-fine --agents reinforce grpo trl-rloo:learning_rate=1e-3 $(REINFORCE_OLD) \
+		reinforce:num_envs=32,minibatch_size=8,lr_final=none,lr_decay_timesteps=none \
+		reinforce:lr_final=none,lr_decay_timesteps=none reinforce:learning_rate=7e-4
+
+# REINFORCE over the full budget: its step size decayed or not, in rollouts of 16 or 64
+bench-reinforce-decay: $(STAMP)
+	$(BIN)/textenv-bench --tasks reviews --seeds 5 --eval-points 24 --workers 2 --reps 500 \
+		--out benchmarks/results/reinforce-decay --agents reinforce reinforce:learning_rate=7e-4 \
+		reinforce:learning_rate=5e-4 reinforce:lr_final=none,lr_decay_timesteps=none \
+		reinforce:num_envs=64,minibatch_size=16 $(REINFORCE_OLD)
 
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py

@@ -64,7 +64,7 @@ class AgentConfig:
     num_envs: int = option(256, "episodes per iteration: sub-envs of the vector env made from an env id")
     learning_rate: float = option(1e-4, "Adam step size")
     lr_final: float | None = option(None, "decay the step size linearly to this (None = constant)")
-    lr_decay_timesteps: int | None = option(None, "timesteps over which it reaches lr_final (needs lr_final)")
+    lr_decay_timesteps: int | None = option(None, "timesteps over which it reaches lr_final (unused without)")
     adam_eps: float = option(1e-5, "Adam epsilon")
     max_grad_norm: float = option(1.0, "clip the gradient's global norm to this (0 = no clipping)")
     ent_coef: float = option(0.0, "weight of the entropy bonus (mean per-token entropy) in the loss")
@@ -93,9 +93,10 @@ class AgentConfig:
                 raise TypeError(f"{f.name} must be a string, got {type(value).__name__} {value!r:.60}")
             elif kind == "dict" and not isinstance(value, dict):
                 raise TypeError(f"{f.name} must be a dict, got {type(value).__name__}")
-        if (self.lr_final is None) != (self.lr_decay_timesteps is None):
+        if self.lr_final is not None and self.lr_decay_timesteps is None:
             raise ValueError(
-                "lr_final and lr_decay_timesteps go together: set both to decay the learning rate, or neither"
+                f"lr_final={self.lr_final} needs lr_decay_timesteps, the response tokens over which the "
+                "learning rate decays to it (or lr_final=None for a constant learning rate)"
             )
         if self.lr_final is not None and self.lr_final < 0:
             raise ValueError(f"lr_final must be >= 0, got {self.lr_final}")

@@ -222,6 +222,14 @@ def legend_label(agent: str, width: int = 40) -> str:
     return "\n".join(lines)
 
 
+def legend_columns(labels: list[str], width_in: float, fontsize: float = 8.0, most: int = 5) -> int:
+    """How many columns of a figure legend fit across ``width_in`` inches: a column is as wide as the
+    longest line of any label (about 0.55 em a character) plus the marker and the padding."""
+    longest = max((len(line) for label in labels for line in label.splitlines()), default=1)
+    column_in = longest * 0.55 * fontsize / 72 + 0.7
+    return max(1, min(len(labels), most, int(width_in // column_in)))
+
+
 def plot_curves(grouped: dict[str, dict[str, list[dict[str, Any]]]], path: Path, reps: int = REPS) -> Path:
     import matplotlib
 
@@ -249,11 +257,12 @@ def plot_curves(grouped: dict[str, dict[str, list[dict[str, Any]]]], path: Path,
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=c, marker="o", ms=3, lw=1.3) for c in colors.values()]
+    labels = [legend_label(a) for a in colors]
     fig.legend(
         handles,
-        [legend_label(a) for a in colors],
+        labels,
         loc="outside lower center",
-        ncol=min(len(colors), 5),
+        ncol=legend_columns(labels, fig.get_figwidth()),
         fontsize=8,
     )
     fig.suptitle("held-out evaluations: IQM over seeds and 95% stratified-bootstrap band", fontsize=10)

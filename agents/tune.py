@@ -123,6 +123,7 @@ SPACES: dict[str, dict[str, Param]] = {
     },
     "reinforce": _ROLLOUT
     | {
+        "num_envs": choice(16, 32, 64, 128, 256),  # smaller rollouts: its default is 16 (see its docstring)
         "group_size": choice(2, 4, 8),
         "minibatch_size": choice(4, 8, 16, 32, 64, 256),
         "normalize_advantages": choice(True, False),

@@ -261,6 +261,30 @@ def test_long_agent_names_break_at_commas_in_legends():
     assert benchstats.legend_label("trl-rloo:learning_rate=0.001") == "trl-rloo:learning_rate=0.001"
 
 
+@pytest.mark.parametrize("count", [2, 6, 9])
+def test_the_figure_legend_fits_across_the_figure(count):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    settings = "lr_final=0.0001,minibatch_size=8,num_envs=16"
+    agents = [f"reinforce:lr_decay_timesteps=12000{i},{settings}" for i in range(count)]
+    labels = [benchstats.legend_label(a) for a in agents]
+    fig, _ = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    ncol = benchstats.legend_columns(labels, fig.get_figwidth())
+    assert 1 <= ncol <= min(count, 5)
+    handles = [Line2D([], [], marker="o") for _ in labels]
+    legend = fig.legend(handles, labels, loc="outside lower center", ncol=ncol, fontsize=8)
+    fig.canvas.draw()
+    box, page = legend.get_window_extent(), fig.bbox
+    plt.close(fig)
+    assert page.x0 <= box.x0 and box.x1 <= page.x1  # no label cut off at either side
+    if count > ncol:  # and no more rows than needed: one column more would not fit
+        assert box.width * (ncol + 1) / ncol > page.width * 0.9
+
+
 def test_report_tables_and_plots(tmp_path):
     results = ResultsFile(tmp_path / "results.jsonl")
     for seed in range(3):
