@@ -26,18 +26,16 @@ EXPLORATIONS = ("uniform", "reference_top_k")
 
 @dataclass
 class EpsilonGreedyConfig(PPOConfig):
-    """Settings of :class:`EpsilonGreedyPPO`: PPO's plus the exploration. The defaults are the runner-up of
-    its own 20-trial study on the default task (PPO's settings searched with epsilon): the study's best
-    (clip 0.33, lr 7.8e-4) blew up on 1 of 5 seeds at the task's full budget, this one on none."""
+    """Settings of :class:`EpsilonGreedyPPO`: PPO's, whose defaults it keeps, plus the exploration.
 
-    num_envs: int = option(128, "episodes per iteration: sub-envs of the vector env made from an env id")
-    learning_rate: float = option(1.1e-3, "Adam step size")
-    lam: float = option(0.958, "GAE lambda: bias-variance trade-off of the advantages")
-    clip_range: float = option(0.177, "PPO clip of the probability ratio to [1 - c, 1 + c]")
-    vf_coef: float = option(0.181, "weight of the value loss")
-    num_epochs: int = option(1, "passes over each rollout")
-    num_minibatches: int = option(8, "minibatches per pass (episodes are split evenly)")
-    epsilon: float = option(0.0168, "probability mass of the exploration distribution U in mu")
+    Its 20-trial study on the default task gave trial 6 (lr 1.1e-3, one pass of 8 minibatches of
+    128-episode rollouts, clip 0.177, lambda 0.958, vf_coef 0.181, epsilon 0.0168), which reaches that
+    task's bar in about 15k tokens where PPO's settings take 40-60k; but on ``sorting`` it collapsed within
+    5k tokens on both seeds tried (gold 0, KL 12-16 nats), and trial 12 (lr 3.3e-4) stalled there at gold
+    0.3. PPO's settings with epsilon 0.05 reached the bar of sorting and of verbosity on every seed of the
+    suite, so they are the defaults; trial 6 is a spec for the default task (the README has the runs)."""
+
+    epsilon: float = option(0.05, "probability mass of the exploration distribution U in mu")
     epsilon_final: float | None = option(None, "decay epsilon linearly to this (None = constant)")
     epsilon_decay_timesteps: int = option(200_000, "timesteps over which epsilon reaches epsilon_final")
     exploration: str = option("uniform", "U: 'uniform' over the vocabulary or 'reference_top_k'")

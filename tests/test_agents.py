@@ -236,9 +236,9 @@ def test_learning_rate_decays_linearly_and_reaches_the_optimizer(make_agent_env)
         row["charts/learning_rate"] == 1e-2
         for row in train(REINFORCE(make_agent_env(), learning_rate=1e-2, lr_final=None), 2).history
     )  # lr_final=None: constant, whatever lr_decay_timesteps says
-    default = REINFORCE(make_agent_env())  # REINFORCE decays by default, from 1.1e-3 to 1e-4 over 120k tokens
+    default = REINFORCE(make_agent_env())  # REINFORCE decays by default, from 3e-4 to 1e-4 over 120k tokens
     default.num_timesteps = 60_000
-    assert default.learning_rate_now() == pytest.approx((1.1e-3 + 1e-4) / 2)
+    assert default.learning_rate_now() == pytest.approx((3e-4 + 1e-4) / 2)
     assert PPO(make_agent_env()).config.lr_final is None  # the others are constant
 
     with pytest.raises(ValueError, match="needs lr_decay_timesteps"):
