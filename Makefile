@@ -64,7 +64,7 @@ PPO_TUNED = ppo:learning_rate=4.5e-4,num_envs=64,num_epochs=1,num_minibatches=8,
 REINFORCE_REVIEWS = reinforce:learning_rate=1.1e-3
 GRPO_REVIEWS = grpo:learning_rate=7e-4
 EGREEDY_REVIEWS = egreedy:learning_rate=1.1e-3,num_envs=128,num_epochs=1,num_minibatches=8,clip_range=0.177,vf_coef=0.181,lam=0.958,epsilon=0.0168
-EGREEDY_RUNNER_UP = egreedy:learning_rate=3.31e-4,num_envs=128,num_epochs=1,num_minibatches=16,clip_range=0.215,vf_coef=0.387,lam=0.893,epsilon=0.0219
+EGREEDY_TRIAL12 = egreedy:learning_rate=3.31e-4,num_envs=128,num_epochs=1,num_minibatches=16,clip_range=0.215,vf_coef=0.387,lam=0.893,epsilon=0.0219
 REINFORCE_OLD = reinforce:learning_rate=1.1e-3,num_envs=64,minibatch_size=16,lr_final=none,lr_decay_timesteps=none
 
 bench-vs-trl: $(PEERS_STAMP)
@@ -91,7 +91,7 @@ bench-reinforce-decay: $(STAMP)
 bench-lr-screen: $(STAMP)
 	$(BIN)/textenv-bench --tasks sorting reviews --seeds 2 --budget 30000 --eval-points 6 --eval-episodes 128 \
 		--workers 2 --reps 500 --out benchmarks/results/lr-screen --agents $(REINFORCE_REVIEWS) reinforce \
-		reinforce:learning_rate=2e-4 $(GRPO_REVIEWS) grpo grpo:learning_rate=1.5e-4 $(EGREEDY_REVIEWS) $(EGREEDY_RUNNER_UP) egreedy
+		reinforce:learning_rate=2e-4 $(GRPO_REVIEWS) grpo grpo:learning_rate=1.5e-4 $(EGREEDY_REVIEWS) $(EGREEDY_TRIAL12) egreedy
 
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py

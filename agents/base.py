@@ -64,7 +64,9 @@ class AgentConfig:
     num_envs: int = option(256, "episodes per iteration: sub-envs of the vector env made from an env id")
     learning_rate: float = option(1e-4, "Adam step size")
     lr_final: float | None = option(None, "decay the step size linearly to this (None = constant)")
-    lr_decay_timesteps: int | None = option(None, "timesteps over which it reaches lr_final (unused without)")
+    lr_decay_timesteps: int | None = option(
+        None, "timesteps over which it reaches lr_final (unused if lr_final is None)"
+    )
     adam_eps: float = option(1e-5, "Adam epsilon")
     max_grad_norm: float = option(1.0, "clip the gradient's global norm to this (0 = no clipping)")
     ent_coef: float = option(0.0, "weight of the entropy bonus (mean per-token entropy) in the loss")

@@ -27,8 +27,7 @@ nats), and since equal answers get equal returns, the leave-one-out advantage is
 not even the KL coefficient that the adaptive controller raised sixfold, pulls it back. At 3e-4 neither
 seed of a screen collapsed there (gold 0.42 and 0.44 after 30k tokens, from 0.22), while the default task
 still reaches its bar in about 23k tokens. ``learning_rate=1.1e-3`` stays the setting for the default
-task (the README has the runs).
-No value function is learnt.
+task (the README has the runs). No value function is learnt.
 """
 
 from __future__ import annotations
