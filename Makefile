@@ -96,12 +96,14 @@ bench-lr-screen: $(STAMP)
 bench-overopt: $(STAMP)
 	$(BIN)/python benchmarks/overoptimisation.py
 
-# a Bayesian search of one agent's settings on one task (resumable): make tune AGENT=reinforce TASK=reviews
+# a Bayesian search of one agent's settings on one task, or on several joined by + (resumable):
+# make tune AGENT=reinforce TASK=reviews; make tune AGENT=grpo TASK=sorting+reviews TRIALS=21 BUDGET=30000
 AGENT ?= ppo
 TASK ?= reviews
 TRIALS ?= 20
+BUDGET ?=
 tune: $(STAMP)
-	$(BIN)/textenv-tune --agent $(AGENT) --task $(TASK) --trials $(TRIALS) \
+	$(BIN)/textenv-tune --agent $(AGENT) --task $(TASK) --trials $(TRIALS) $(if $(BUDGET),--budget $(BUDGET)) \
 		--out benchmarks/results/tuning/$(AGENT)-$(TASK)
 
 # rebuild the shipped assets of every task, or of some: make assets TASKS="sorting treasure"

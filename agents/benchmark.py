@@ -49,6 +49,10 @@ AGENTS = OURS + PEERS
 ENV_SETTINGS = ("kl_coef", "kl_target", "kl_horizon")
 RESULTS = "results.jsonl"
 EVAL_SEED = 12345
+#: A results line keeps at most this many rows of a run's training metrics (evenly spaced, the last kept):
+#: enough to plot β or the episode length over a run, without one row per rollout (a REINFORCE run of
+#: 120k tokens has thousands).
+HISTORY_ROWS = 400
 
 
 # ----------------------------------------------------------------------------- what to run
@@ -240,7 +244,7 @@ def run_one(job: Job, protocol: Protocol, threads: int) -> dict[str, Any]:
         "to_bar": None
         if reached is None
         else {k: reached[k] for k in ("timesteps", "train_cpu_seconds", "train_wall_seconds")},
-        "history": [{k: float(f"{v:.5g}") for k, v in row.items()} for row in outcome["history"]],
+        "history": [{k: float(f"{v:.5g}") for k, v in row.items()} for row in thin(outcome["history"])],
         "threads": threads,
         "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "versions": versions(spec.is_peer),
@@ -249,6 +253,16 @@ def run_one(job: Job, protocol: Protocol, threads: int) -> dict[str, Any]:
         "started": started,
         "seconds": time.time() - started,
     }
+
+
+def thin(rows: list[dict[str, float]], limit: int = HISTORY_ROWS) -> list[dict[str, float]]:
+    """At most ``limit`` of ``rows``, evenly spaced, the first and the last among them."""
+    if len(rows) <= limit:
+        return list(rows)
+    if limit < 2:
+        return list(rows[-limit:]) if limit else []
+    step = (len(rows) - 1) / (limit - 1)
+    return [rows[round(i * step)] for i in range(limit)]
 
 
 def run_ours(

@@ -7,6 +7,12 @@ points of the budget. A trial's value is the mean over those points (``--summary
 early *and* at the end) or the last point's (``--summary final``). A trial whose final KL to the reference
 passes the task's bar (10 nats) is marked infeasible, and TPE learns to avoid its region.
 
+With several tasks (``--task sorting reviews``) a trial trains on each in turn with the same settings, and
+its value is the mean over the tasks of their values on gold normalised as in the suite's report (0: the
+starting policy's gold, 1: the task's best reachable), so that settings are chosen for the suite and not
+for one task: settings tuned on one task alone can collapse on another. Its final KL is the largest of the
+tasks'. ``best.json`` then holds the settings without a task or budget.
+
 After every evaluation point the trial reports its value so far, and the pruner (median by default, or
 Hyperband) stops it when it trails the trials before it at the same point.
 
@@ -19,6 +25,7 @@ command's flags: ``textenv-train --config OUT/best.json``), ``trials.csv``, ``hi
 
     textenv-tune --agent reinforce --task reviews --trials 20
     textenv-tune --agent ppo --task sorting --trials 30 --params learning_rate num_minibatches
+    textenv-tune --agent grpo --task sorting reviews --budget 30000 --enqueue
     textenv-tune --agent grpo --fix kl_in=loss --objective proxy --pruner hyperband --out runs/tune-grpo
 
 Why gold and not the proxy: the proxy is the reward model the agent is trained on, and a setting that
@@ -148,7 +155,8 @@ def space_of(agent: str, params: list[str] | None, fixed: dict[str, Any]) -> dic
 # ----------------------------------------------------------------------------- trials
 @dataclass(frozen=True)
 class Setup:
-    """What every trial of a study shares."""
+    """What every trial of a study shares. ``task`` is one task's name, or several joined by ``+``
+    (``"sorting+reviews"``): each trial then trains on each in turn, with the same settings."""
 
     agent: str
     task: str
@@ -162,19 +170,49 @@ class Setup:
     seed: int = 0
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        if len(self.task_names) > 1 and self.objective != "gold":
+            raise ValueError(
+                f"a study on several tasks ({self.task}) scores gold: each task's is put on one scale, from "
+                "its starting policy's (0) to its best reachable (1); proxies have no such common scale"
+            )
+
+    @property
+    def task_names(self) -> list[str]:
+        return self.task.split("+")
+
     def value(self, curve: list[dict[str, Any]]) -> float:
         """The trial's value from its evaluation points so far (the start, point 0, left out: it is the
         same for every trial)."""
         points = [p[COLUMN[self.objective]] for p in curve[1:]] or [curve[0][COLUMN[self.objective]]]
         return float(sum(points) / len(points)) if self.summary == "auc" else float(points[-1])
 
+    def combined(self, curves: dict[str, list[dict[str, Any]]]) -> float:
+        """The value of a trial from its curves on the study's tasks (so far): on one task, :meth:`value`;
+        on several, the mean over tasks of :meth:`value` of the normalised gold (:func:`normalised_curve`),
+        so that a task whose gold spans [-1, 1] weighs no more than one whose gold spans [0, 1]."""
+        if len(self.task_names) == 1:
+            return self.value(next(iter(curves.values())))
+        values = [self.value(normalised_curve(name, curve)) for name, curve in curves.items()]
+        return float(sum(values) / len(values))
+
+
+def normalised_curve(task_name: str, curve: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``curve`` with gold put on the suite report's scale (:func:`agents.benchstats.normalised`): 0 at
+    the curve's start (the starting policy, the same in every trial), 1 at the task's best reachable gold."""
+    from agents.benchstats import normalised
+
+    start = float(curve[0]["gold"])
+    return [p | {"gold": normalised(task_name, float(p["gold"]), start)} for p in curve]
+
 
 def run_trial(
     setup: Setup, settings: dict[str, Any], report: Callable[[int, float, float], None] | None = None
 ) -> dict[str, Any]:
-    """Train the agent with ``settings`` by the benchmark's protocol; ``report(step, value, kl)`` after
-    each evaluation point (it may raise to stop the trial). Returns the value, the final point and the
-    curve."""
+    """Train the agent with ``settings`` by the benchmark's protocol, on each of the study's tasks in turn;
+    ``report(step, value, kl)`` after each evaluation point (it may raise to stop the trial): ``step``
+    counts the points of every task so far, the same in every trial. Returns the value and each task's
+    curve (``curves``) and final point (``finals``)."""
     import torch
     import transformers
 
@@ -185,7 +223,6 @@ def run_trial(
     if setup.threads:
         torch.set_num_threads(setup.threads)
     transformers.logging.set_verbosity_error()
-    task = tasks.load(setup.task)
     protocol = Protocol(
         budget_scale=setup.budget_scale,
         budget=setup.budget,
@@ -193,26 +230,34 @@ def run_trial(
         eval_episodes=setup.eval_episodes,
         holdout=setup.holdout,
     )
-    train_prompts, eval_prompts = split_prompts(task.prompts(), setup.holdout)
-    curve: list[dict[str, Any]] = []
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for index, name in enumerate(setup.task_names):
+        task = tasks.load(name)
+        train_prompts, eval_prompts = split_prompts(task.prompts(), setup.holdout)
+        curve: list[dict[str, Any]] = []
+        curves[name] = curve
+        steps_before = index * setup.eval_points
 
-    def on_point(point: dict[str, Any]) -> None:
-        curve.append(point)
-        if report is not None and len(curve) > 1:
-            report(len(curve) - 1, setup.value(curve), float(point["kl"]))
+        def on_point(
+            point: dict[str, Any], curve: list[dict[str, Any]] = curve, before: int = steps_before
+        ) -> None:
+            curve.append(point)
+            if report is not None and len(curve) > 1:
+                report(before + len(curve) - 1, setup.combined(curves), float(point["kl"]))
 
-    outcome = run_ours(
-        AgentSpec(setup.agent, settings),
-        task,
-        setup.seed,
-        protocol.budget_of(task),
-        train_prompts,
-        eval_prompts,
-        protocol,
-        on_point=on_point,
-    )
-    final = outcome["curve"][-1]
-    return {"value": setup.value(outcome["curve"]), "final": final, "curve": outcome["curve"]}
+        outcome = run_ours(
+            AgentSpec(setup.agent, settings),
+            task,
+            setup.seed,
+            protocol.budget_of(task),
+            train_prompts,
+            eval_prompts,
+            protocol,
+            on_point=on_point,
+        )
+        curves[name] = outcome["curve"]
+    finals = {name: curve[-1] for name, curve in curves.items()}
+    return {"value": setup.combined(curves), "curves": curves, "finals": finals}
 
 
 class Objective:
@@ -246,12 +291,19 @@ class Objective:
         except FAILURES as error:  # the trial fails, the study goes on; say why in the study
             trial.set_user_attr("failed_because", f"{type(error).__name__}: {error}"[:500])
             raise
-        final = result["final"]
-        trial.set_constraint("kl_excess", float(final["kl"]) - KL_BAR)  # feasible when <= 0
-        for key in ("gold", "rm_score", "kl", "success_rate", "length"):
-            if key in final and isinstance(final[key], int | float):
-                trial.set_user_attr(f"final_{key}", float(final[key]))
-        trial.set_user_attr("train_cpu_seconds", float(final["train_cpu_seconds"]))
+        finals = result["finals"]
+        worst_kl = max(float(final["kl"]) for final in finals.values())
+        trial.set_constraint("kl_excess", worst_kl - KL_BAR)  # feasible when <= 0 on every task
+        several = len(finals) > 1
+        for name, final in finals.items():  # final_gold, ...; on several tasks final_sorting_gold, ...
+            for key in ("gold", "rm_score", "kl", "success_rate", "length"):
+                if key in final and isinstance(final[key], int | float):
+                    attr = f"final_{name}_{key}" if several else f"final_{key}"
+                    trial.set_user_attr(attr, float(final[key]))
+        if several:
+            trial.set_user_attr("final_kl", worst_kl)
+        cpu = sum(float(final["train_cpu_seconds"]) for final in finals.values())
+        trial.set_user_attr("train_cpu_seconds", cpu)
         if not math.isfinite(result["value"]):
             raise ValueError(f"the trial's {self.setup.objective} is not a number: {result['value']}")
         return result["value"]
@@ -464,16 +516,27 @@ def check_setup(study: optuna.Study, setup: Setup, fixed: dict[str, Any]) -> Non
 def describe_trial(trial: optuna.trial.FrozenTrial, setup: Setup) -> str:
     settings = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     if trial.state.name == "COMPLETE":
-        attrs = trial.user_attrs
         what = (
-            f"{setup.objective} {trial.value:+.3f} (final gold {attrs.get('final_gold', math.nan):+.3f}, "
-            f"KL {attrs.get('final_kl', math.nan):.2f})"
+            f"{setup.objective} {trial.value:+.3f} (final gold {final_gold_text(trial, setup)}, "
+            f"KL {trial.user_attrs.get('final_kl', math.nan):.2f})"
         )
     elif trial.state.name == "FAIL":
         what = f"failed ({trial.user_attrs.get('failed_because', 'unknown')})"
     else:
         what = trial.state.name.lower()
     return f"trial {trial.number}: {what}  [{settings}]"
+
+
+def final_gold_text(trial: optuna.trial.FrozenTrial, setup: Setup) -> str:
+    """The trial's final gold: one figure, or one per task (``sorting +0.52 / reviews +0.91``)."""
+    attrs = trial.user_attrs
+    if len(setup.task_names) == 1:
+        gold = attrs.get("final_gold")
+        return "" if gold is None else f"{gold:+.3f}"
+    golds = [(name, attrs.get(f"final_{name}_gold")) for name in setup.task_names]
+    if all(gold is None for _, gold in golds):
+        return ""
+    return " / ".join(f"{name} {math.nan if gold is None else gold:+.3f}" for name, gold in golds)
 
 
 def _short(value: Any) -> str:
@@ -494,12 +557,15 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
 
 
 def best_config(study: optuna.Study, setup: Setup, fixed: dict[str, Any]) -> dict[str, Any] | None:
-    """The best trial's settings as the training command's ``--config`` file."""
+    """The best trial's settings as the training command's ``--config`` file (a study on several tasks
+    names none: the training command's ``--task`` and ``--timesteps`` choose)."""
     from textenv import tasks
 
     best = best_trial(study)
     if best is None:
         return None
+    if len(setup.task_names) > 1:
+        return {"agent": setup.agent, **fixed, **best.params}
     budget = int((setup.budget or tasks.load(setup.task).budget) * setup.budget_scale)
     return {"agent": setup.agent, "task": setup.task, "timesteps": budget, **fixed, **best.params}
 
@@ -568,20 +634,27 @@ def summary_markdown(study: optuna.Study, setup: Setup, config: dict[str, Any] |
 
     counts = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     lines = [
-        f"# Tuning {setup.agent} on {setup.task}",
+        f"# Tuning {setup.agent} on {' and '.join(setup.task_names)}",
         "",
         f"Objective: {setup.objective} ({'mean over' if setup.summary == 'auc' else 'last of'} "
-        f"{setup.eval_points} evaluation points of {setup.eval_episodes} held-out episodes), seed "
-        f"{setup.seed}; trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n),
+        f"{setup.eval_points} evaluation points of {setup.eval_episodes} held-out episodes"
+        + (
+            ", each task's gold normalised (0: the starting policy, 1: the best reachable) and averaged "
+            "over the tasks; KL: the largest of the tasks'"
+            if len(setup.task_names) > 1
+            else ""
+        )
+        + f"), seed {setup.seed}; trials: "
+        + ", ".join(f"{n} {k}" for k, n in counts.items() if n),
         "",
     ]
     best = best_trial(study)
     if best is not None and config is not None:
         a = best.user_attrs
         lines += [
-            f"Best: trial {best.number}, value {best.value:+.4f}, final gold "
-            f"{a.get('final_gold', math.nan):+.3f}, proxy {a.get('final_rm_score', math.nan):+.3f}, "
-            f"KL {a.get('final_kl', math.nan):.2f}.",
+            f"Best: trial {best.number}, value {best.value:+.4f}, final gold {final_gold_text(best, setup)}"
+            + (f", proxy {a['final_rm_score']:+.3f}" if "final_rm_score" in a else "")
+            + f", KL {a.get('final_kl', math.nan):.2f}.",
             "",
             "```json",
             json.dumps(config, indent=1),
@@ -596,12 +669,11 @@ def summary_markdown(study: optuna.Study, setup: Setup, config: dict[str, Any] |
     lines += ["| trial | state | value | final gold | final KL | settings |", "|---|---|---|---|---|---|"]
     for t in study.get_trials(deepcopy=False):
         value = "" if t.value is None else f"{t.value:+.4f}"
-        gold = t.user_attrs.get("final_gold")
         kl = t.user_attrs.get("final_kl")
         lines.append(
             f"| {t.number} | {t.state.name.lower()}{' (queued)' if t.user_attrs.get('queued') else ''} "
             f"| {value} | "
-            f"{'' if gold is None else f'{gold:+.3f}'} | {'' if kl is None else f'{kl:.2f}'} | "
+            f"{final_gold_text(t, setup)} | {'' if kl is None else f'{kl:.2f}'} | "
             + ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
             + " |"
         )
@@ -619,7 +691,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n\n".join(__doc__.split("\n\n")[1:]) if __doc__ else None,
     )
     parser.add_argument("--agent", choices=OURS, default="ppo", help="agent to tune (default ppo)")
-    parser.add_argument("--task", default="reviews", help="task of the suite (default reviews)")
+    parser.add_argument(
+        "--task",
+        nargs="+",
+        default=["reviews"],
+        help="task of the suite (default reviews), or several: each trial trains on each, scored by their "
+        "normalised gold",
+    )
     parser.add_argument("--trials", type=int, default=20, help="finished trials the study should hold")
     parser.add_argument("--out", type=Path, default=None, help="study folder (default runs/tune-AGENT-TASK)")
     parser.add_argument("--study-name", default=None, help="name in the study file (default AGENT-TASK)")
@@ -680,13 +758,20 @@ def main(argv: list[str] | None = None) -> optuna.Study:
         raise SystemExit("textenv-tune needs Optuna: pip install 'textenv[tune]'") from None
     from textenv import tasks
 
-    if args.task not in tasks.names():
-        raise SystemExit(f"unknown task {args.task!r}; choose from {', '.join(tasks.names())}")
+    names = [name for item in args.task for name in item.split("+") if name]
+    for name in names:
+        if name not in tasks.names():
+            raise SystemExit(f"unknown task {name!r}; choose from {', '.join(tasks.names())}")
+    if len(set(names)) != len(names) or not names:
+        raise SystemExit(f"--task: each task once, got {' '.join(args.task)}")
+    if len(names) > 1 and args.objective != "gold":
+        raise SystemExit("--objective proxy: a study on several tasks scores gold (proxies share no scale)")
+    task = "+".join(names)
     if args.trials < 1:
         raise SystemExit(f"--trials must be >= 1, got {args.trials}")
     setup = Setup(
         agent=args.agent,
-        task=args.task,
+        task=task,
         objective=args.objective,
         summary=args.summary,
         budget=args.budget,
@@ -696,7 +781,7 @@ def main(argv: list[str] | None = None) -> optuna.Study:
         seed=args.seed,
         threads=args.threads,
     )
-    out = args.out or Path("runs") / f"tune-{args.agent}-{args.task}"
+    out = args.out or Path("runs") / f"tune-{args.agent}-{task}"
     study = tune(
         setup,
         args.trials,
@@ -714,7 +799,8 @@ def main(argv: list[str] | None = None) -> optuna.Study:
         print("no complete trial within the KL bar yet")
     else:
         print(f"best: trial {best.number}, {args.objective} {best.value:+.4f}; settings in {out / BEST_FILE}")
-        print(f"train with them: textenv-train --config {out / BEST_FILE}")
+        where = " --task TASK" if len(names) > 1 else ""
+        print(f"train with them: textenv-train --config {out / BEST_FILE}{where}")
     return study
 
 

@@ -303,3 +303,13 @@ def test_report_tables_and_plots(tmp_path):
     after_header = report.split("P(row > column)")[1]
     improvement = next(line for line in after_header.splitlines() if line.startswith("| good | "))
     assert improvement.split("|")[3].strip().startswith("1.00")  # good beats bad on every run of every task
+
+
+def test_a_results_line_keeps_a_thinned_history():
+    from agents.benchmark import thin
+
+    rows = [{"charts/timesteps": float(t)} for t in range(1001)]
+    kept = thin(rows, 5)
+    assert [r["charts/timesteps"] for r in kept] == [0.0, 250.0, 500.0, 750.0, 1000.0]
+    assert thin(rows[:3], 5) == rows[:3] and thin(rows, 1) == rows[-1:] and thin(rows, 0) == []
+    assert len(thin(rows)) == 400 and thin(rows)[-1] == rows[-1]

@@ -51,6 +51,51 @@ def test_trial_value_is_the_mean_or_the_last_point():
     assert Setup("ppo", "reviews").value(curve[:1]) == -1.0
 
 
+def test_on_several_tasks_the_value_averages_normalised_gold():
+    """sorting's gold spans [0, 1], reviews' [-1, 1]: each is put on 0 (its start) .. 1 (its best)."""
+    curves = {
+        "sorting": [{"gold": 0.2}, {"gold": 0.4}, {"gold": 0.6}],  # normalised 0.25, 0.5
+        "reviews": [{"gold": -0.5}, {"gold": 0.25}, {"gold": 1.0}],  # normalised 0.5, 1.0
+    }
+    both = Setup("ppo", "sorting+reviews")
+    assert both.task_names == ["sorting", "reviews"]
+    assert both.combined(curves) == pytest.approx((0.375 + 0.75) / 2)
+    assert Setup("ppo", "sorting+reviews", summary="final").combined(curves) == pytest.approx(0.75)
+    assert both.combined({"sorting": curves["sorting"][:2]}) == pytest.approx(0.25)  # the first task so far
+    assert Setup("ppo", "reviews").combined({"reviews": curves["reviews"]}) == pytest.approx(0.625)  # raw
+    with pytest.raises(ValueError, match="scores gold"):
+        Setup("ppo", "sorting+reviews", objective="proxy")
+
+
+def test_a_study_on_two_tasks_trains_each_and_judges_by_both(tmp_path):
+    out = tmp_path / "study"
+    argv = ["--agent", "reinforce", "--task", "sorting", "verbosity", "--trials", "1", "--budget", "200"]
+    argv += ["--eval-points", "2", "--eval-episodes", "8", "--threads", "1", "--sampler-seed", "0"]
+    study = tune.main([*argv, "--out", str(out), "--no-progress"])
+    assert study.study_name == "reinforce-sorting+verbosity"
+    (trial,) = study.get_trials(deepcopy=False)
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]  # 2 points on sorting, then 2 on verbosity
+    assert trial.intermediate_values[4] == pytest.approx(trial.value)
+    attrs = trial.user_attrs
+    for name in ("sorting", "verbosity"):
+        assert {f"final_{name}_gold", f"final_{name}_kl", f"final_{name}_success_rate"} <= set(attrs)
+    assert attrs["final_kl"] == max(attrs["final_sorting_kl"], attrs["final_verbosity_kl"])
+    assert "final_gold" not in attrs  # no one figure: the summary names each task's
+    assert json.loads((out / "best.json").read_text()) == {"agent": "reinforce", **trial.params}
+    summary = (out / "summary.md").read_text()
+    assert "# Tuning reinforce on sorting and verbosity" in summary
+    assert (
+        f"sorting {attrs['final_sorting_gold']:+.3f} / verbosity {attrs['final_verbosity_gold']:+.3f}"
+        in summary
+    )
+    with pytest.raises(SystemExit, match="each task once"):
+        tune.main([*argv, "--task", "sorting+sorting", "--out", str(tmp_path / "twice")])
+    with pytest.raises(SystemExit, match="unknown task 'sortin'"):
+        tune.main([*argv, "--task", "sortin", "--out", str(tmp_path / "typo")])
+    with pytest.raises(SystemExit, match="scores gold"):
+        tune.main([*argv, "--objective", "proxy", "--out", str(tmp_path / "proxy")])
+
+
 def test_a_tiny_study_resumes_and_writes_the_best_config(tmp_path):
     out = tmp_path / "study"
     study = tune.tune(TINY, 2, out, sampler_seed=0, progress=False)
