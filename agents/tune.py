@@ -368,17 +368,20 @@ def recover_orphans(study: optuna.Study, out: Path) -> list[int]:
     return recovered
 
 
-def make_pruner(name: str) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, before: int = 0) -> optuna.pruners.BasePruner:
+    """The pruner ``name``; ``before``: the evaluation points of a trial before its last task's, which it
+    does not judge (on several tasks a trial that trails on the first may lead on the next: judged on the
+    first alone, a study would be tuned on it)."""
     import optuna
 
-    if name == "median":  # wait for 4 trials, and for each trial's second point, before judging
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
+    if name == "median":  # wait for 4 trials, and for the last task's second point, before judging
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=before + 2)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=before + 1, reduction_factor=3)
     return optuna.pruners.NopPruner()
 
 
-def open_study(out: Path, name: str, pruner: str, sampler_seed: int | None) -> optuna.Study:
+def open_study(out: Path, name: str, pruner: str, sampler_seed: int | None, before: int = 0) -> optuna.Study:
     import optuna
 
     storage = optuna.storages.RDBStorage(
@@ -389,7 +392,7 @@ def open_study(out: Path, name: str, pruner: str, sampler_seed: int | None) -> o
         study_name=name,
         storage=storage,
         direction="maximize",
-        pruner=make_pruner(pruner),
+        pruner=make_pruner(pruner, before),
         load_if_exists=True,
     )
     # a seeded sampler starts from the study's length, so that a resumed study does not draw its first
@@ -452,7 +455,8 @@ def tune(
         raise SystemExit("nothing to search: every setting of the space is fixed")
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(out, study_name or f"{setup.agent}-{setup.task}", pruner, sampler_seed)
+    before = (len(setup.task_names) - 1) * setup.eval_points  # points not judged (see make_pruner)
+    study = open_study(out, study_name or f"{setup.agent}-{setup.task}", pruner, sampler_seed, before)
     check_setup(study, setup, fixed)
     if enqueue is not None:
         queued = queued_settings(setup.agent, space, enqueue)

@@ -96,6 +96,30 @@ def test_a_study_on_two_tasks_trains_each_and_judges_by_both(tmp_path):
         tune.main([*argv, "--objective", "proxy", "--out", str(tmp_path / "proxy")])
 
 
+def test_on_several_tasks_the_pruner_judges_only_the_last_task():
+    """2 tasks of 3 points: a trial trailing on the first task's points goes on; on the last task's
+    second point (step 5) it is pruned, as a one-task study prunes at its second point."""
+
+    def trails_at(pruner: optuna.pruners.BasePruner) -> list[int]:
+        study = optuna.create_study(direction="maximize", pruner=pruner)
+        for _ in range(4):
+            leader = study.ask()
+            for step in range(1, 7):
+                leader.report(1.0, step)
+            study.tell(leader, 1.0)
+        trailing = study.ask()
+        pruned = []
+        for step in range(1, 7):
+            trailing.report(0.0, step)
+            if trailing.should_prune():
+                pruned.append(step)
+        return pruned
+
+    assert trails_at(tune.make_pruner("median", before=3)) == [5, 6]
+    assert trails_at(tune.make_pruner("median"))[0] == 2
+    assert trails_at(tune.make_pruner("none")) == []
+
+
 def test_a_tiny_study_resumes_and_writes_the_best_config(tmp_path):
     out = tmp_path / "study"
     study = tune.tune(TINY, 2, out, sampler_seed=0, progress=False)
