@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 STUDY_FILE = "study.db"
 BEST_FILE = "best.json"
+TASKS_PLOT = "tasks.png"
 WORKERS = ".workers"
 OBJECTIVES = ("gold", "proxy")
 SUMMARIES = ("auc", "final")
@@ -586,6 +587,8 @@ def write_outputs(
     atomic.write_text(out / "trials.csv", frame.to_csv(index=False))
     if plots:
         draw_plots(study, out)
+        if len(setup.task_names) > 1:
+            draw_tasks(study, setup, out / TASKS_PLOT)
         atomic.write_text(out / "summary.md", summary_markdown(study, setup, config))
 
 
@@ -607,6 +610,73 @@ def draw_plots(study: optuna.Study, out: Path) -> None:
             _save(optuna.visualization.matplotlib.plot_optimization_history(study), out / "history.png")
         if len(complete) >= 2 and len({tuple(sorted(t.params.items())) for t in complete}) >= 2:
             _save(optuna.visualization.matplotlib.plot_param_importances(study), out / "importances.png")
+
+
+def draw_tasks(study: optuna.Study, setup: Setup, path: Path) -> None:
+    """A study on several tasks: each complete trial's final gold on the first task against each other
+    task's, coloured by its learning rate (or its value, when the rate is not searched); the best trial
+    starred, queued ones (baselines) squared, those past the KL bar hollow. It shows what one task's gain
+    costs on another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm, Normalize
+    from optuna.trial import TrialState
+
+    names = setup.task_names
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if all(f"final_{name}_gold" in t.user_attrs for name in names)
+    ]
+    if not trials:
+        return
+    by_rate = all("learning_rate" in t.params for t in trials)
+    colour = [float(t.params["learning_rate"] if by_rate else t.value or 0.0) for t in trials]
+    norm = (
+        LogNorm(min(colour), max(colour))
+        if by_rate and min(colour) > 0
+        else Normalize(min(colour), max(colour))
+    )
+    best = best_trial(study)
+    panels = len(names) - 1
+    figure, axes = plt.subplots(1, panels, figsize=(5.5 * panels + 1, 4.5), squeeze=False)
+    for ax, other in zip(axes[0], names[1:], strict=True):
+        for trial, c in zip(trials, colour, strict=True):
+            x, y = trial.user_attrs[f"final_{names[0]}_gold"], trial.user_attrs[f"final_{other}_gold"]
+            feasible = all(v <= 0 for v in trial.constraints.values())
+            marker = (
+                "*"
+                if best is not None and trial.number == best.number
+                else "s"
+                if trial.user_attrs.get("queued")
+                else "o"
+            )
+            size = 220 if marker == "*" else 60
+            rgba = plt.get_cmap("viridis")(norm(c))
+            ax.scatter(
+                x,
+                y,
+                s=size,
+                marker=marker,
+                facecolors=rgba if feasible else "none",
+                edgecolors=rgba,
+                linewidths=1.5,
+            )
+            ax.annotate(str(trial.number), (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+        ax.set_xlabel(f"final gold on {names[0]}")
+        ax.set_ylabel(f"final gold on {other}")
+        ax.grid(alpha=0.3)
+    mappable = plt.cm.ScalarMappable(norm=norm, cmap="viridis")
+    figure.colorbar(mappable, ax=axes[0].tolist(), label="learning rate" if by_rate else "trial value")
+    figure.suptitle(
+        f"{setup.agent}: each trial's final gold per task (seed {setup.seed}); ★ best, ■ queued, hollow: KL "
+        "past the bar",
+        fontsize=9,
+    )
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
 
 
 def _save(axes: Any, path: Path) -> None:

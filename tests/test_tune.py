@@ -82,6 +82,7 @@ def test_a_study_on_two_tasks_trains_each_and_judges_by_both(tmp_path):
     assert attrs["final_kl"] == max(attrs["final_sorting_kl"], attrs["final_verbosity_kl"])
     assert "final_gold" not in attrs  # no one figure: the summary names each task's
     assert json.loads((out / "best.json").read_text()) == {"agent": "reinforce", **trial.params}
+    assert (out / "tasks.png").stat().st_size > 0  # final gold on one task against the other
     summary = (out / "summary.md").read_text()
     assert "# Tuning reinforce on sorting and verbosity" in summary
     assert (
