@@ -277,11 +277,12 @@ class Objective:
 
         last_kl = [0.0]
         baseline = bool(trial.user_attrs.get("queued"))  # a queued baseline runs to its end
+        last_step = len(self.setup.task_names) * self.setup.eval_points  # all trained: nothing to save
 
         def report(step: int, value: float, kl: float) -> None:
             last_kl[0] = kl
             trial.report(value, step)
-            if not baseline and trial.should_prune():
+            if not baseline and step < last_step and trial.should_prune():
                 raise optuna.TrialPruned(f"trailing at evaluation point {step}")
 
         try:

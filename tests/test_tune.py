@@ -121,6 +121,25 @@ def test_on_several_tasks_the_pruner_judges_only_the_last_task():
     assert trails_at(tune.make_pruner("none")) == []
 
 
+def test_a_trial_trailing_only_at_its_last_point_is_not_pruned(tmp_path, monkeypatch):
+    """Trained to the end, a trial has nothing left to save: its last point is recorded, not pruned."""
+    calls = []
+
+    def fake_run(setup, settings, report):
+        value = 1.0 if len(calls) < 4 else 0.0  # the fifth trial trails the four before it
+        calls.append(settings)
+        report(1, value, 1.0)  # not judged: the median pruner's warm-up
+        report(2, value, 1.0)  # judged, but the last
+        final = {"gold": value, "kl": 1.0, "train_cpu_seconds": 0.0}
+        return {"value": value, "finals": {setup.task: final}, "curves": {}}
+
+    monkeypatch.setattr(tune, "run_trial", fake_run)
+    setup = Setup("reinforce", "sorting", budget=200, eval_points=2)
+    study = tune.tune(setup, 5, tmp_path, sampler_seed=0, progress=False)
+    states = [t.state.name for t in study.get_trials(deepcopy=False)]
+    assert states == ["COMPLETE"] * 5 and study.get_trials(deepcopy=False)[4].value == 0.0
+
+
 def test_a_tiny_study_resumes_and_writes_the_best_config(tmp_path):
     out = tmp_path / "study"
     study = tune.tune(TINY, 2, out, sampler_seed=0, progress=False)
