@@ -246,7 +246,7 @@ def run_trial(
             if report is not None and len(curve) > 1:
                 report(before + len(curve) - 1, setup.combined(curves), float(point["kl"]))
 
-        outcome = run_ours(
+        run_ours(
             AgentSpec(setup.agent, settings),
             task,
             setup.seed,
@@ -256,7 +256,6 @@ def run_trial(
             protocol,
             on_point=on_point,
         )
-        curves[name] = outcome["curve"]
     finals = {name: curve[-1] for name, curve in curves.items()}
     return {"value": setup.combined(curves), "curves": curves, "finals": finals}
 
@@ -839,23 +838,24 @@ def main(argv: list[str] | None = None) -> optuna.Study:
             raise SystemExit(f"unknown task {name!r}; choose from {', '.join(tasks.names())}")
     if len(set(names)) != len(names) or not names:
         raise SystemExit(f"--task: each task once, got {' '.join(args.task)}")
-    if len(names) > 1 and args.objective != "gold":
-        raise SystemExit("--objective proxy: a study on several tasks scores gold (proxies share no scale)")
     task = "+".join(names)
     if args.trials < 1:
         raise SystemExit(f"--trials must be >= 1, got {args.trials}")
-    setup = Setup(
-        agent=args.agent,
-        task=task,
-        objective=args.objective,
-        summary=args.summary,
-        budget=args.budget,
-        budget_scale=args.budget_scale,
-        eval_points=args.eval_points,
-        eval_episodes=args.eval_episodes,
-        seed=args.seed,
-        threads=args.threads,
-    )
+    try:
+        setup = Setup(
+            agent=args.agent,
+            task=task,
+            objective=args.objective,
+            summary=args.summary,
+            budget=args.budget,
+            budget_scale=args.budget_scale,
+            eval_points=args.eval_points,
+            eval_episodes=args.eval_episodes,
+            seed=args.seed,
+            threads=args.threads,
+        )
+    except ValueError as error:  # settings that do not go together (several tasks and the proxy)
+        raise SystemExit(f"textenv-tune: {error}") from None
     out = args.out or Path("runs") / f"tune-{args.agent}-{task}"
     study = tune(
         setup,
