@@ -131,6 +131,12 @@ class Job:
 
 
 # ----------------------------------------------------------------------------- one run (in its own process)
+#: Every evaluation point also gives the policy's perplexity on this many held-out texts of the task's
+#: pretraining corpus (drawn with this seed, not the build's): how far training moved it from pretraining.
+PERPLEXITY_TEXTS = 1000
+PERPLEXITY_SEED = 20_240
+
+
 class Evaluator:
     """The protocol's evaluation points: time spent training is counted, time spent evaluating is not."""
 
@@ -140,6 +146,8 @@ class Evaluator:
         self.curve: list[dict[str, Any]] = []
         self.train_cpu = self.train_wall = 0.0
         self._cpu = self._wall = 0.0
+        # held-out pretraining text (fresh draws of the task's corpus): the alignment tax's perplexity
+        self.heldout_text = task.pretraining_texts(PERPLEXITY_TEXTS, PERPLEXITY_SEED) if task.corpus else None
 
     @contextlib.contextmanager
     def training(self) -> Iterator[None]:
@@ -158,6 +166,12 @@ class Evaluator:
         from agents.evaluation import evaluate
 
         summary, _ = evaluate(policy, self.env, self.episodes, seed=EVAL_SEED, task=self.task)
+        if self.heldout_text is not None:
+            from agents.evaluation import actor_of
+            from agents.ptx import perplexity
+
+            lm = actor_of(policy).policy
+            summary["perplexity"] = perplexity(lm, self.env.unwrapped.tokenizer, self.heldout_text)
         point = {
             "timesteps": int(timesteps),
             "train_cpu_seconds": self.train_cpu,

@@ -10,6 +10,10 @@ adapted toward a KL target by the env). Per iteration:
    optional entropy bonus, global gradient clipping; stop the epochs early when the approximate KL
    between the new and the old policy passes ``target_kl`` (if set).
 
+PPO-ptx (InstructGPT's mix, ``ptx_coef > 0``) adds ``ptx_coef`` times the next-token loss of a minibatch of
+pretraining text (the task's corpus, or a text file: ``ptx_source``) to every minibatch's loss, logged as
+``loss/ptx``; it keeps the policy closer to its pretraining (perplexity, diversity, length) at a given reward.
+
 The ratio is that of the behaviour policy that drew the tokens: the policy itself, or, when the rollout
 explored (``EpsilonGreedyPPO``), ``mu = (1 - eps) * pi + eps * U`` with the ``U(a_t)`` the rollout recorded.
 The old log-probs are the rollout's ``behaviour_logprobs``, filled in when the tokens were drawn.
@@ -24,11 +28,14 @@ are not the default.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import gymnasium as gym
 import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
 from agents.core import clipped_surrogate, gae, log_mixture, masked_mean, masked_var, masked_whiten
+from agents.ptx import PretrainingText, lm_loss, pretraining_texts
 from agents.rollout import Rollout
 
 
@@ -51,11 +58,27 @@ class PPOConfig(AgentConfig):
     whiten_advantages: bool = option(True, "normalise advantages to zero mean and unit variance")
     target_kl: float | None = option(None, "stop the epochs when policy/approxkl exceeds this (None = never)")
     critic: str = option("shared", "value function: 'shared' (head on the policy's trunk) or 'separate'")
+    ptx_coef: float = option(
+        0.0, "PPO-ptx: weight of the pretraining LM loss added to every minibatch's loss (0 = plain PPO)"
+    )
+    ptx_source: str = option(
+        "task", "PPO-ptx's pretraining text: 'task' (the env's task's corpus) or a text file, one text a line"
+    )
+    ptx_texts: int = option(
+        10_000, "PPO-ptx: texts drawn from the task's corpus (a file gives all its lines)"
+    )
+    ptx_batch_size: int = option(
+        0, "PPO-ptx: pretraining texts per minibatch (0 = as many as the minibatch's episodes)"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.critic not in ("shared", "separate"):
             raise ValueError(f"critic must be 'shared' or 'separate', got {self.critic!r}")
+        if self.ptx_coef < 0:
+            raise ValueError(f"ptx_coef must be >= 0, got {self.ptx_coef}")
+        if self.ptx_texts < 1:
+            raise ValueError(f"ptx_texts must be >= 1, got {self.ptx_texts}")
 
 
 @register_agent
@@ -64,6 +87,22 @@ class PPO(Agent):
 
     Config = PPOConfig
     config: PPOConfig
+    _ptx: PretrainingText | None = None
+
+    def __init__(self, env: gym.vector.VectorEnv | str, seed: int = 0, **config: Any):
+        super().__init__(env, seed=seed, **config)
+        if self.config.ptx_coef > 0:
+            self.pretraining_text()  # a missing file or an env without a task fails here, not mid-run
+
+    def pretraining_text(self) -> PretrainingText:
+        """PPO-ptx's pretraining text, tokenised on first use (``ptx_source``, ``ptx_texts``)."""
+        if self._ptx is None:
+            env = self.env.unwrapped
+            task = getattr(env, "task", None)
+            texts = pretraining_texts(self.config.ptx_source, task, self.config.ptx_texts)
+            limit = int(getattr(self.model.policy.config, "n_positions", 0) or 1024)
+            self._ptx = PretrainingText(texts, env.tokenizer, limit)  # type: ignore[attr-defined]
+        return self._ptx
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         c = self.config
@@ -112,6 +151,13 @@ class PPO(Agent):
                 vf_loss = 0.5 * masked_mean(vf_losses, m)
                 mean_entropy = masked_mean(entropy, m)
                 loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * mean_entropy
+                if c.ptx_coef > 0:  # PPO-ptx: gamma * the LM loss on a pretraining minibatch
+                    ptx_ids, ptx_mask = self.pretraining_text().sample(
+                        c.ptx_batch_size or len(index), self.generator, dev
+                    )
+                    ptx_loss = lm_loss(self.model.policy, ptx_ids, ptx_mask)
+                    loss = loss + c.ptx_coef * ptx_loss
+                    stats.setdefault("loss/ptx", []).append(float(ptx_loss.detach()))
 
                 grad_norm = self.optimizer_step(loss)
 

@@ -119,6 +119,9 @@ class Task:
         build_module: the module whose ``python -m`` rebuilds the assets.
         manifest_sha256: sha256 of the shipped ``manifest.json``, kept in the source so that a rebuild
             cannot rewrite it (``""``: not pinned, e.g. a task of your own still being built).
+        corpus: the pretraining corpus' sampler, ``(n, seed) -> n texts`` (prompt and response together),
+            the distribution the shipped policy was pretrained on; PPO-ptx's default pretraining text
+            (:meth:`pretraining_texts`). ``None`` for a task without one.
     """
 
     name: str
@@ -136,6 +139,7 @@ class Task:
     columns: tuple[tuple[str, str, str], ...] = ()
     build_module: str = ""
     manifest_sha256: str = ""
+    corpus: Callable[[int, int], list[str]] | None = None
 
     @property
     def rebuild_command(self) -> str:
@@ -176,6 +180,20 @@ class Task:
             self.manifest()  # raises AssetError with the rebuild command
             raise AssetError(f"the prompts are missing from {self.assets}; run `{self.rebuild_command}`")
         return list(json.loads(path.read_text(encoding="utf-8")))
+
+    def pretraining_texts(self, n: int, seed: int | None = None) -> list[str]:
+        """``n`` texts of the task's pretraining corpus: with ``seed=None`` those of the build's own seed
+        (the text the shipped policy was pretrained on, as PPO-ptx mixes it in); another seed gives fresh
+        draws of the same distribution (held-out text for a perplexity).
+
+        Raises:
+            ValueError: the task has no corpus sampler.
+        """
+        if self.corpus is None:
+            raise ValueError(f"task {self.name!r} has no pretraining corpus (Task.corpus is None)")
+        if seed is None:
+            seed = int(self.manifest().get("build", {}).get("seed", 0))
+        return list(self.corpus(int(n), int(seed)))
 
     def env_kwargs(self) -> dict[str, Any]:
         """What the env is made with for this task: the shipped policy and its tokenizer, the reward (model

@@ -194,6 +194,7 @@ TASK = Task(
         ("grammatical_rate", "grammatical", "{:.1%}"),
     ),
     manifest_sha256="6205b85ed101de4522e9d135a8e656b3268c7e5af9074a27a4f492cb5d2db550",
+    corpus=sample_corpus,
 )
 
 __all__ = [

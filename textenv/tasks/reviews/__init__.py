@@ -57,6 +57,7 @@ TASK = Task(
     ),
     build_module="textenv.tasks.reviews.build",
     manifest_sha256="9dde8beab006690dbf1a88c5feb02375cdf0ce552ff452b36bfeae678a38127a",
+    corpus=sample_corpus,
 )
 
 

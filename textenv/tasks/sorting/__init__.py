@@ -179,6 +179,7 @@ TASK = Task(
         ("permutation_rate", "permutation", "{:.1%}"),
     ),
     manifest_sha256="dd543321eeee2e35d7f30109b73d39ed4535ce3c2540cf05a53b2905757a4463",
+    corpus=sample_corpus,
 )
 
 __all__ = [

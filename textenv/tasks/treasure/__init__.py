@@ -169,6 +169,7 @@ TASK = Task(
         ("mean_moves", "moves", "{:.1f}"),
     ),
     manifest_sha256="e18fb392468407b8715216fc025adddc477240630e898dfd3048cacd51234ed6",
+    corpus=sample_corpus,
 )
 
 __all__ = [

@@ -138,6 +138,7 @@ TASK = Task(
         ("grammatical_rate", "grammatical", "{:.1%}"),
     ),
     manifest_sha256="ca80eb36397df60abe85d90cf6c8cc15a096c8a8e40be66a86198d6fce67a96c",
+    corpus=sample_reviews,
 )
 
 __all__ = [
