@@ -19,10 +19,14 @@ once, so K responses give K(K-1)/2 comparisons for the cost of K forward passes:
     {"prompt": "hotel review :", "chosen": " a", "rejected": " c", "group": 17}
     {"prompt": "hotel review :", "chosen": " c", "rejected": " b", "group": 17}
 
+Lines with ``"tie": true`` or ``"skip": true`` (the labelling page writes them, :mod:`textenv.labelling`)
+hold no comparison and are passed over; any other field of a line (``labeller``, ``item``, ...) is ignored.
+
 From the command line::
 
     textenv-train-rm pairs.jsonl --base path/or/hub-name --out my-reward-model
     python -m textenv.reward_training pairs.jsonl --base ... --out ...
+    textenv-train-rm pairs.jsonl --linear --out my-linear-rm   # r = wᵀφ: textenv.linear_reward
 
 The saved directory (safetensors weights, config, tokenizer) is a reward model for the environment:
 ``gym.make("TextRLHF-v0", reward_model="my-reward-model", ...)``.
@@ -117,6 +121,8 @@ def load_preference_pairs(path: str | os.PathLike[str]) -> list[PreferencePair]:
                 raise PreferenceDataError(f"{where}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict):
                 raise PreferenceDataError(f"{where}: expected an object, got {type(record).__name__}")
+            if record.get("tie") is True or record.get("skip") is True:
+                continue  # the labelling page's ties and skips: no comparison to train on
             missing = [key for key in ("prompt", "chosen", "rejected") if key not in record]
             if missing:
                 raise PreferenceDataError(
@@ -471,18 +477,38 @@ def save_reward_model(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="textenv-train-rm",
-        description="Train a scalar reward model on pairwise preferences "
-        "(JSON Lines of prompt/chosen/rejected).",
+        description="Train a reward model on pairwise preferences (JSON Lines of prompt/chosen/rejected): "
+        "a transformer with a scalar head, or with --linear the linear model r = w'phi(x, y) on a frozen "
+        "encoder's features.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
         "pairs", help="JSON Lines file of {'prompt', 'chosen', 'rejected'} records, optionally with 'group'"
     )
-    parser.add_argument("--base", required=True, help="model to start from: local directory or hub name")
+    parser.add_argument(
+        "--base",
+        default=None,
+        help="model to start from (with --linear: the frozen encoder): local directory or hub name; "
+        "required without --linear, the task's policy with it",
+    )
     parser.add_argument("--out", required=True, help="directory to save the reward model in")
     parser.add_argument("--tokenizer", default=None, help="tokenizer (default: the base's)")
     parser.add_argument("--eval-pairs", default=None, help="held-out JSON Lines file (default: a split)")
     parser.add_argument("--device", default=None, help="torch device (default: cpu)")
+    linear = parser.add_argument_group("the linear reward model (--linear)")
+    linear.add_argument(
+        "--linear", action="store_true", help="fit r = w'phi(x, y) by logistic regression (Bradley-Terry)"
+    )
+    linear.add_argument("--task", default="reviews", help="with --linear and no --base: whose policy encodes")
+    linear.add_argument(
+        "--layers",
+        choices=["all", "last"],
+        default="all",
+        help="phi: mean of every layer's states, or the last's",
+    )
+    linear.add_argument(
+        "--C", type=float, default=None, help="inverse L2 strength (default: cross-validated)"
+    )
     for f in fields(RewardTrainingConfig):
         kind = float if str(f.type).startswith("float") else int
         parser.add_argument(
@@ -491,17 +517,41 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = RewardTrainingConfig(**{f.name: getattr(args, f.name) for f in fields(RewardTrainingConfig)})
     eval_pairs = load_preference_pairs(args.eval_pairs) if args.eval_pairs else None
-    result = train_reward_model(
-        args.pairs,
-        args.base,
-        args.tokenizer,
-        config=config,
-        eval_pairs=eval_pairs,
-        device=args.device,
-        progress=True,
-    )
-    path = save_reward_model(result, args.out, {"config": asdict(config), "metrics": result.metrics})
-    for name, value in result.metrics.items():
+    metrics: dict[str, float]
+    if args.linear:
+        from textenv import tasks
+        from textenv.linear_reward import Encoder, fit_linear_reward
+
+        try:
+            base = args.base or os.fspath(tasks.load(args.task).assets / "policy")
+        except ValueError as error:
+            parser.error(str(error))
+        encoder = Encoder(base, args.tokenizer, layers=args.layers, device=args.device)
+        fitted = fit_linear_reward(
+            args.pairs,
+            encoder,
+            C=args.C,
+            eval_pairs=eval_pairs,
+            eval_fraction=config.eval_fraction,
+            seed=config.seed,
+        )
+        path = fitted.model.save(args.out)
+        metrics = fitted.metrics
+    else:
+        if args.base is None:
+            parser.error("--base is required (the model to start from), unless --linear")
+        result = train_reward_model(
+            args.pairs,
+            args.base,
+            args.tokenizer,
+            config=config,
+            eval_pairs=eval_pairs,
+            device=args.device,
+            progress=True,
+        )
+        path = save_reward_model(result, args.out, {"config": asdict(config), "metrics": result.metrics})
+        metrics = result.metrics
+    for name, value in metrics.items():
         print(f"{name:<16} {value:.4g}")
     print(f"saved to {path}")
 

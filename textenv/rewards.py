@@ -34,6 +34,7 @@ from transformers.pipelines import Pipeline
 
 from textenv.atomic import MANIFEST, verify_manifest
 from textenv.errors import RewardModelError
+from textenv.linear_reward import LinearReward, is_linear_reward_dir
 from textenv.models import evaluating, load_tokenizer, model_device, quiet_loading
 
 TextInputs = Literal["prompt+response", "response", "pair"]
@@ -305,7 +306,8 @@ def as_reward_model(
     """Turn ``spec`` into a :class:`RewardModel`.
 
     ``spec`` may be a reward model already (anything with ``score``), a transformers ``Pipeline``, a
-    sequence-classification model object, a local directory or hub name of one, a plain callable
+    sequence-classification model object, a local directory or hub name of one, the folder of a linear
+    reward model (:class:`textenv.linear_reward.LinearReward`), a plain callable
     ``(prompts, responses) -> sequence of float``, or the import path of any of these as a string,
     ``"package.module:name"`` or ``"path/to/file.py:name"`` (a class there is called with no arguments).
     ``label`` names the scored label of multi-label classifiers and pipelines.
@@ -315,6 +317,8 @@ def as_reward_model(
     if isinstance(spec, str) and is_import_spec(spec):
         found = load_import_spec(spec)
         return as_reward_model(found() if isinstance(found, type) else found, label=label, device=device)
+    if isinstance(spec, str | os.PathLike) and is_linear_reward_dir(spec):
+        return LinearReward.load(spec, device=device)
     if isinstance(spec, PreTrainedModel | str | os.PathLike):
         return ClassifierReward(spec, label=label, device=device, trust_remote_code=trust_remote_code)
     if isinstance(spec, RewardModel):
