@@ -253,8 +253,8 @@ def train_sft(
         trainer = Trainer(
             model=model,
             args=arguments,
-            train_dataset=train_rows,  # type: ignore[arg-type]  # a list is a map-style dataset
-            eval_dataset=eval_rows or None,  # type: ignore[arg-type]
+            train_dataset=train_rows,  # a list is a map-style dataset
+            eval_dataset=eval_rows or None,
             data_collator=Collator(int(pad)),
         )
         metrics: dict[str, float] = {"train/demonstrations": float(len(train_rows))}
