@@ -7,16 +7,17 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-alignment-tax bench-linear-rm bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
 
 setup: $(STAMP)
 
-# trl, for the peers of the benchmark and the slow tier's adapter test (the fast tier runs without it)
+# trl, for the peers of the benchmark and the slow tier's adapter test (the fast tier runs without it), and
+# Playwright for the slow tier's browser test of the labelling page (which needs a Chromium: Debian's chromium)
 PEERS_STAMP := $(VENV)/.peers-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 setup-peers: $(PEERS_STAMP)
 
 $(PEERS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,peers]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,peers,e2e]"
 	rm -f $(VENV)/.peers-*
 	touch $@
 
@@ -48,6 +49,17 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/env_overhead.py
 	$(BIN)/python benchmarks/throughput.py
+
+# PPO with and without the pretraining mix on the default task, 3 seeds, 12 evaluations each (about 45 min
+# with 2 workers; resumable), then the alignment tax at equal gold
+bench-alignment-tax: $(STAMP)
+	$(BIN)/textenv-bench --tasks reviews --agents ppo ppo:ptx_coef=0.1 ppo:ptx_coef=0.3 ppo:ptx_coef=1 \
+		--seeds 3 --eval-points 12 --workers 2 --out benchmarks/results/alignment-tax
+	$(BIN)/python benchmarks/alignment_tax.py --results benchmarks/results/alignment-tax
+
+# the linear reward model beside the transformer reward model, by number of comparison groups
+bench-linear-rm: $(STAMP)
+	$(BIN)/python benchmarks/linear_reward.py --out benchmarks/results/linear-reward
 
 # every task x our four agents and trl's GRPO and RLOO x 5 seeds, two runs at once (hours; resumable)
 bench-suite: $(PEERS_STAMP)

@@ -71,6 +71,8 @@ def placeholders(tmp_path_factory):
         for chosen, rejected in ((good, fair), (good, bad), (fair, bad)):
             lines.append({"prompt": "the food", "chosen": chosen, "rejected": rejected, "group": group})
     (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    demos = [{"prompt": p, "response": " was very good ."} for p in toy.PROMPTS] * 4
+    (root / "demos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in demos))
     return root
 
 
