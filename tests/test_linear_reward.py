@@ -142,3 +142,25 @@ def test_errors(encoder_dir, tmp_path):
     unsaveable.model.encoder.source = None
     with pytest.raises(ValueError, match="given as an object"):
         unsaveable.model.save(tmp_path / "x")
+
+
+def test_a_sentence_transformers_encoder(encoder_dir, tmp_path):
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    try:  # sentence-transformers 6 moved the modules
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Pooling, Transformer
+    word = Transformer(str(encoder_dir))
+    width = getattr(word, "get_embedding_dimension", None) or word.get_word_embedding_dimension
+    pooling = Pooling(width(), pooling_mode="mean")
+    sentence_transformers.SentenceTransformer(modules=[word, pooling], device="cpu").save(
+        str(tmp_path / "st")
+    )
+    encoder = Encoder(tmp_path / "st")  # a folder with modules.json is a sentence-transformers model
+    assert encoder.kind == "sentence-transformers" and encoder.dimensions == 32
+    result = fit_linear_reward(sentiment_pairs(200, 0), encoder, eval_pairs=sentiment_pairs(100, 1))
+    assert result.metrics["eval/accuracy"] > 0.9
+    loaded = as_reward_model(str(result.model.save(tmp_path / "rm")))
+    assert isinstance(loaded, LinearReward) and loaded.encoder.kind == "sentence-transformers"
+    prompts, responses = ["the food was"] * 2, [" good .", " rude ."]
+    assert loaded.score(prompts, responses) == pytest.approx(result.model.score(prompts, responses))

@@ -128,7 +128,9 @@ class Encoder:
     def dimensions(self) -> int | None:
         """The length of ``φ`` (None when the encoder does not say)."""
         if self.kind == "sentence-transformers":
-            size = self.model.get_sentence_embedding_dimension()
+            # sentence-transformers 6 renamed get_sentence_embedding_dimension
+            measure = getattr(self.model, "get_embedding_dimension", None)
+            size = measure() if measure is not None else self.model.get_sentence_embedding_dimension()
             return None if size is None else int(size)
         config = self.model.config
         width = int(config.hidden_size)
