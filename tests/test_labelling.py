@@ -232,3 +232,22 @@ def test_the_command_needs_a_file_and_a_name(tmp_path):
         main(["--out", str(tmp_path / "p.jsonl")])
     with pytest.raises(ValueError, match="labeller name"):
         LabellingSession(ITEMS, tmp_path / "p.jsonl", " ")
+
+
+def test_the_policy_to_sample_is_a_checkpoint_a_model_folder_or_the_tasks(make_agent_env, tmp_path):
+    import torch
+
+    from agents import PPO
+    from textenv import tasks
+    from textenv.labelling import _load_policy
+
+    agent = PPO(make_agent_env(), seed=0)
+    agent.save(tmp_path / "ckpt")
+    for where in (tmp_path / "ckpt", tmp_path / "ckpt" / "policy"):  # an agent's folder, or its policy's
+        policy, tokenizer, prompts, _ = _load_policy(str(where), "reviews")
+        for a, b in zip(policy.state_dict().values(), agent.model.policy.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+        assert len(tokenizer) == len(agent.env.unwrapped.tokenizer)
+        assert prompts == tasks.load("reviews").prompts()
+    policy, tokenizer, _, max_new = _load_policy(None, "reviews")  # the task's own
+    assert policy.config.n_embd == 128 and max_new == tasks.load("reviews").env_defaults["max_new_tokens"]
