@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-alignment-tax bench-linear-rm bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
 
 setup: $(STAMP)
 
@@ -56,6 +56,10 @@ bench-alignment-tax: $(STAMP)
 	$(BIN)/textenv-bench --tasks reviews --agents ppo ppo:ptx_coef=0.1 ppo:ptx_coef=0.3 ppo:ptx_coef=1 \
 		--seeds 3 --eval-points 12 --workers 2 --out benchmarks/results/alignment-tax
 	$(BIN)/python benchmarks/alignment_tax.py --results benchmarks/results/alignment-tax
+
+# SFT of the default task's policy on 2,000 positive reviews of its corpus, evaluated before and after
+bench-sft: $(STAMP)
+	$(BIN)/python benchmarks/sft.py --out benchmarks/results/sft
 
 # the linear reward model beside the transformer reward model, by number of comparison groups
 bench-linear-rm: $(STAMP)

@@ -257,6 +257,10 @@ def train_sft(
             eval_dataset=eval_rows or None,
             data_collator=Collator(int(pad)),
         )
+        if not progress:  # the Trainer prints every log as a dict when its progress bar is off
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         metrics: dict[str, float] = {"train/demonstrations": float(len(train_rows))}
         if eval_rows:
             metrics["eval/loss_before"] = float(trainer.evaluate()["eval_loss"])
