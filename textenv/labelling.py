@@ -426,17 +426,17 @@ header { display: flex; justify-content: space-between; align-items: baseline; }
 #error { color: #b00; min-height: 1.2rem; }
 </style></head>
 <body>
-<header><h2>Which response is best?</h2><div id="count"></div></header>
+<header><h2 id="title">Which response is best?</h2><div id="count"></div></header>
 <div id="prompt"></div>
 <div id="responses"></div>
 <div id="controls">
   <button id="tie">Tie (t)</button><button id="skip">Skip (s)</button>
-  <button id="rank">Rank all (r)</button><button id="submit" hidden>Submit ranking (Enter)</button>
+  <button id="rank">Rank all (r)</button>
   <button id="undo">Undo (u)</button>
 </div>
 <p id="error"></p>
-<p id="help">Click a response or press its number to pick the best. Rank mode: click or press numbers
-from best to worst, then Enter. Every answer is saved at once.</p>
+<p id="help">Click a response or press its number to pick the best. Rank mode (r): click or press numbers
+from best to worst; the ranking is saved with the last one. Every answer is saved at once.</p>
 <script>
 let state = null, ranking = null;
 const $ = (id) => document.getElementById(id);
@@ -452,7 +452,8 @@ function render() {
     (state.skipped ? ` (${state.skipped} skipped)` : "");
   $("undo").disabled = !state.can_undo;
   const box = $("responses"); box.innerHTML = "";
-  $("submit").hidden = ranking === null;
+  $("rank").textContent = ranking === null ? "Rank all (r)" : "Cancel ranking (r)";
+  $("title").textContent = ranking === null ? "Which response is best?" : "Rank them, best first";
   if (state.item === null) { $("prompt").textContent = "All done: thank you."; return; }
   $("prompt").textContent = state.item.prompt;
   state.item.responses.forEach((text, i) => {
@@ -470,17 +471,14 @@ function choose(i) {
   if (state.item === null) return;
   if (ranking === null) { call("/api/answer", {item: state.item.id, best: i}); return; }
   if (!ranking.includes(i)) ranking.push(i);
-  if (ranking.length === state.item.responses.length) { submitRanking(); } else { render(); }
-}
-function submitRanking() {
-  if (ranking !== null && ranking.length === state.item.responses.length)
+  if (ranking.length === state.item.responses.length) {
     call("/api/answer", {item: state.item.id, ranking: ranking});
+  } else { render(); }
 }
 $("tie").onclick = () => state.item && call("/api/answer", {item: state.item.id, tie: true});
 $("skip").onclick = () => state.item && call("/api/answer", {item: state.item.id, skip: true});
 $("undo").onclick = () => call("/api/undo", {});
 $("rank").onclick = () => { ranking = ranking === null ? [] : null; render(); };
-$("submit").onclick = submitRanking;
 document.addEventListener("keydown", (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey || state === null) return;
   const n = parseInt(e.key, 10);
@@ -489,7 +487,6 @@ document.addEventListener("keydown", (e) => {
   else if (e.key === "s") $("skip").click();
   else if (e.key === "u" || e.key === "Backspace") $("undo").click();
   else if (e.key === "r") $("rank").click();
-  else if (e.key === "Enter") submitRanking();
 });
 call("/api/state");
 </script></body></html>
