@@ -156,7 +156,9 @@ def test_resume_where_it_stopped_and_a_half_written_line_is_dropped(tmp_path):
 
 def test_killing_the_server_after_n_answers_leaves_exactly_n_lines(tmp_path):
     items, prefs = tmp_path / "items.jsonl", tmp_path / "prefs.jsonl"
-    save_items(ITEMS, items)
+    pairs_only = [item for item in ITEMS if len(item.responses) == 2]  # one line an answer
+    pairs_only.append(Item(4, "the view", (" was lovely .", " was awful .")))
+    save_items(pairs_only, items)
     command = [sys.executable, "-m", "textenv.labelling", "--items", str(items), "--out", str(prefs)]
     command += ["--labeller", "ann", "--port", "0", "--no-browser"]
 
@@ -173,17 +175,17 @@ def test_killing_the_server_after_n_answers_leaves_exactly_n_lines(tmp_path):
 
     process, client = start()
     try:
-        for item, best in ((0, 0), (1, 1), (2, 2)):
+        for item, best in ((0, 0), (1, 1), (3, 0)):  # N = 3 answers
             client.post("/api/answer", {"item": item, "best": best})
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
-    answers = {line["answer"] for line in lines(prefs)}
-    assert answers == {0, 1, 2} and len(lines(prefs)) == 1 + 1 + 2  # item 2 has 3 responses: 2 pairs
+    assert len(lines(prefs)) == 3 and [line["item"] for line in lines(prefs)] == [0, 1, 3]
+    assert len(load_preference_pairs(prefs)) == 3
     process, client = start()
     try:
         state = client.get("/api/state")
-        assert state["done"] == 3 and state["item"]["id"] == 3
+        assert state["done"] == 3 and state["item"]["id"] == 4 and state["total"] == 4
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=10)
