@@ -158,6 +158,12 @@ def collect(
     def cache(lm: Any, hidden: bool) -> IncrementalLogprobs:
         return IncrementalLogprobs(lm, n, P, T, c.temperature, c.pad_token_id, output_hidden=hidden)
 
+    # terminal KL placement only: per_token scores incrementally, where nothing is read twice
+    offer = (
+        getattr(env.unwrapped, "policy", None) is policy
+        and hasattr(env.unwrapped, "offer_policy_logprobs")
+        and env.unwrapped.config.kl_placement == "terminal"  # type: ignore[attr-defined]
+    )
     shared = model.critic == "shared"
     caches = {"policy": cache(policy, shared)}
     if model.critic_model is not None:
@@ -201,9 +207,14 @@ def collect(
             else:
                 probs = lp.exp() if top_k == 0 and top_p == 1 else filter_logits(lp, top_k, top_p).softmax(-1)
                 actions = categorical(probs, generator)
-            sampler_logprobs[:, t] = lp.gather(-1, actions[:, None]).squeeze(-1).float().cpu()
+            chosen = lp.gather(-1, actions[:, None]).squeeze(-1)
+            sampler_logprobs[:, t] = chosen.float().cpu()
             actions = actions.cpu()
             actions[torch.from_numpy(~running)] = c.filler_token_id
+            if offer:  # the env's policy read through our cache: the env need not read it again
+                offered = chosen.double().cpu().numpy()
+                offered[~running] = np.nan  # a slot past its episode steps a filler token, not this one
+                env.unwrapped.offer_policy_logprobs(offered)  # type: ignore[attr-defined]
             obs, step_rewards, terminated, truncated, infos = env.step(actions.numpy())
             live = torch.from_numpy(running)
             response_ids[live, t] = actions[live]

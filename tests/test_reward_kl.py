@@ -134,3 +134,39 @@ def test_env_adapts_beta_toward_the_target(make_env, make_vec, tokenizer):
     _, _, terminated, _, info = vec.step(np.full(4, tokenizer.eos_token_id))
     assert terminated.all()
     assert vec.unwrapped.kl_coef == pytest.approx(0.2 * (1 - 0.2 * 4 / 10))
+
+
+@pytest.mark.parametrize("explore", [False, True])
+def test_log_probs_offered_by_the_agents_sampler_give_the_teacher_forced_kl(make_agent_env, explore):
+    """The agents' rollouts hand the env the log-probs their sampler read through its KV cache, and the env
+    skips the policy's teacher-forced pass: the KL, the log-probs and the rewards are those of the pass to
+    float precision, and the policy is read fewer times."""
+    from agents import PPO, EpsilonGreedyPPO
+    from agents.rollout import collect
+
+    def run(offer: bool):
+        env = make_agent_env(num_envs=6)
+        agent = EpsilonGreedyPPO(env, seed=0, epsilon=0.3) if explore else PPO(env, seed=0)
+        calls = []
+        hook = env.unwrapped.policy.register_forward_hook(lambda *a: calls.append(1))
+        if not offer:
+            env.unwrapped.offer_policy_logprobs = lambda logprobs: None
+        rollout = collect(
+            env,
+            agent.model,
+            generator=torch.Generator().manual_seed(3),
+            seed=11,
+            exploration=agent.exploration(),
+            reference=env.unwrapped.reference,
+        )
+        hook.remove()
+        return rollout, len(calls)
+
+    offered, fewer = run(True)
+    forced, more = run(False)
+    assert torch.equal(offered.response_ids, forced.response_ids)
+    assert torch.allclose(offered.logprobs, forced.logprobs, atol=1e-5)
+    assert torch.allclose(offered.kl, forced.kl, atol=1e-5)
+    assert torch.allclose(offered.rewards, forced.rewards, atol=1e-5)
+    assert torch.equal(offered.ref_logprobs, forced.ref_logprobs)
+    assert fewer < more

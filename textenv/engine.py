@@ -158,6 +158,10 @@ class RLHFEngine:
         self.response_length = np.zeros(num_slots, dtype=np.int64)
         self.active = np.zeros(num_slots, dtype=bool)  # an episode is running: the slot may step
         self.prompts: list[Prompt | None] = [None] * num_slots
+        # log pi of each response token as the agent's sampler computed it (offer_policy_logprobs); NaN
+        # where none was offered, and then the policy's teacher-forced pass computes them
+        self._offered = np.full((num_slots, max_new_tokens), np.nan)
+        self._pending: np.ndarray | None = None
         self._incremental: list[IncrementalLogprobs] = []
         if kl_placement == "per_token":
             self._logprobs = np.zeros((num_slots, max_new_tokens), dtype=np.float64)
@@ -218,6 +222,7 @@ class RLHFEngine:
             self.attention_mask[slot, P - n : P] = 1
             self.prompts[slot] = prompt
         self.response_length[slots] = 0
+        self._offered[slots] = np.nan
         self.active[slots] = True
         if self._incremental:
             ids = torch.from_numpy(self.input_ids[slots, :P]).to(self.device)
@@ -264,6 +269,20 @@ class RLHFEngine:
         return array.astype(np.int64)
 
     # ------------------------------------------------------------------ step
+    def offer_policy_logprobs(self, logprobs: np.ndarray) -> None:
+        """Take, for the next ``step`` only, ``log pi(a | s)`` of the action each slot is about to take,
+        at the env's temperature, as the caller's sampler computed it with the env's own policy: (num_slots,).
+
+        An episode whose every token was offered is scored without the policy's teacher-forced pass (the
+        reference's still runs): the KL is the same to float precision (the sampler reads the policy
+        through a KV cache), at half the scoring cost. The agents' rollouts offer them; any other caller
+        need not, and an episode with one token not offered is scored by the teacher-forced pass as before.
+        """
+        values = np.asarray(logprobs, dtype=np.float64).reshape(-1)
+        if values.shape != (self.num_slots,):
+            raise ValueError(f"offer one log-prob per slot: expected {self.num_slots}, got {values.shape}")
+        self._pending = values
+
     def step(self, slots: np.ndarray, actions: np.ndarray) -> StepResult:
         """Append ``actions`` (n,) to the responses of the running episodes in ``slots`` (n,).
 
@@ -274,6 +293,8 @@ class RLHFEngine:
         P, T = self.max_prompt_tokens, self.max_new_tokens
         length = self.response_length[slots]
         columns = P + length
+        pending, self._pending = self._pending, None
+        self._offered[slots, length] = np.nan if pending is None else pending[slots]
         self.input_ids[slots, columns] = actions
         self.attention_mask[slots, columns] = 1
         terminated = length + 1 >= T
@@ -339,12 +360,20 @@ class RLHFEngine:
             if self.policy is not None:
                 pol_t = torch.from_numpy(self._logprobs[slots, :longest])
         else:
-            ids = torch.from_numpy(self.input_ids[slots, : P + longest]).to(self.device)
-            mask = torch.from_numpy(self.attention_mask[slots, : P + longest]).to(self.device)
+            # prompts are left-padded to P columns: the columns that are padding in every row scored here
+            # are left out (positions come from the mask, so nothing else changes)
+            lead = min(P - 1, int((self.attention_mask[slots, :P] == 0).all(axis=0).cumprod().sum()))
+            ids = torch.from_numpy(self.input_ids[slots, lead : P + longest]).to(self.device)
+            mask = torch.from_numpy(self.attention_mask[slots, lead : P + longest]).to(self.device)
+            width = P - lead
+            offered = self._offered[slots, :longest]
+            valid = np.arange(longest)[None, :] < lengths[:, None]
             with evaluating(self.policy, self.reference):
-                ref_t = response_logprobs(self.reference, ids, mask, P, self.temperature).double().cpu()
-                if self.policy is not None:
-                    pol_t = response_logprobs(self.policy, ids, mask, P, self.temperature).double().cpu()
+                ref_t = response_logprobs(self.reference, ids, mask, width, self.temperature).double().cpu()
+                if self.policy is not None and np.isfinite(offered[valid]).all():
+                    pol_t = torch.from_numpy(np.where(valid, offered, 0.0))
+                elif self.policy is not None:
+                    pol_t = response_logprobs(self.policy, ids, mask, width, self.temperature).double().cpu()
         ref = [ref_t[i, :n].numpy().copy() for i, n in enumerate(lengths)]
         pol = None if pol_t is None else [pol_t[i, :n].numpy().copy() for i, n in enumerate(lengths)]
         kl = None
@@ -447,6 +476,11 @@ class EngineEnv:
     @property
     def reward_model(self) -> Any:
         return self.engine.reward_model
+
+    def offer_policy_logprobs(self, logprobs: Any) -> None:
+        """For the next ``step``: ``log pi`` of each sub-env's next action as the caller's sampler computed it
+        with this env's policy (see :meth:`RLHFEngine.offer_policy_logprobs`); saves the policy's pass."""
+        self.engine.offer_policy_logprobs(logprobs)
 
     @property
     def kl_coef(self) -> float:
