@@ -367,11 +367,11 @@ class RLHFEngine:
             mask = torch.from_numpy(self.attention_mask[slots, lead : P + longest]).to(self.device)
             width = P - lead
             offered = self._offered[slots, :longest]
-            valid = np.arange(longest)[None, :] < lengths[:, None]
+            within = np.arange(longest)[None, :] < lengths[:, None]
             with evaluating(self.policy, self.reference):
                 ref_t = response_logprobs(self.reference, ids, mask, width, self.temperature).double().cpu()
-                if self.policy is not None and np.isfinite(offered[valid]).all():
-                    pol_t = torch.from_numpy(np.where(valid, offered, 0.0))
+                if self.policy is not None and np.isfinite(offered[within]).all():
+                    pol_t = torch.from_numpy(np.where(within, offered, 0.0))
                 elif self.policy is not None:
                     pol_t = response_logprobs(self.policy, ids, mask, width, self.temperature).double().cpu()
         ref = [ref_t[i, :n].numpy().copy() for i, n in enumerate(lengths)]
