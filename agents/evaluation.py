@@ -203,8 +203,14 @@ def format_summary(
     width = max(len(h) for _, h, _ in columns)
     lines = [f"{'':<{width}}  {'before':>9}  {'after':>9}"]
     for key, header, fmt in columns:
-        lines.append(f"{header:<{width}}  {fmt.format(before[key]):>9}  {fmt.format(after[key]):>9}")
+        lines.append(f"{header:<{width}}  {_shown(fmt, before[key]):>9}  {_shown(fmt, after[key]):>9}")
     return "\n".join(lines)
+
+
+def _shown(fmt: str, value: float) -> str:
+    """``value`` in ``fmt``, with a value that rounds to zero shown as zero (a KL of -1e-7: "0.00")."""
+    text = fmt.format(value)
+    return fmt.format(0.0) if not text.strip("+-0.%") else text
 
 
 def plot_curves(

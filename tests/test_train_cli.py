@@ -129,3 +129,12 @@ def test_a_setting_of_another_agent_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="--epsilon does not apply to ppo"):
         main(["--epsilon", "0.1", "--run-dir", str(tmp_path / "run"), *TINY])
     assert not (tmp_path / "run").exists()
+
+
+def test_the_before_after_table_shows_a_value_that_rounds_to_zero_as_zero():
+    from agents.evaluation import format_summary
+
+    columns = (("kl", "KL (nats)", "{:.2f}"), ("gold", "gold", "{:+.3f}"))
+    table = format_summary({"kl": -1e-7, "gold": -0.04}, {"kl": 3.98, "gold": 0.9134}, columns)
+    assert table.splitlines()[1].split() == ["KL", "(nats)", "0.00", "3.98"]
+    assert table.splitlines()[2].split() == ["gold", "-0.040", "+0.913"]
