@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
+from agents import distributed
 from agents.callbacks import CallbackLike, make_callback
 from agents.core import sample_tokens
 from agents.policy import ActorCritic, Critic
@@ -61,7 +62,11 @@ def option(default: Any, help: str) -> Any:
 class AgentConfig:
     """Settings every agent has."""
 
-    num_envs: int = option(256, "episodes per iteration: sub-envs of the vector env made from an env id")
+    num_envs: int = option(
+        256,
+        "episodes per iteration: sub-envs of the vector env made from an env id (the global batch of a "
+        "data-parallel run, split evenly over its processes)",
+    )
     learning_rate: float = option(1e-4, "Adam step size")
     lr_final: float | None = option(None, "decay the step size linearly to this (None = constant)")
     lr_decay_timesteps: int | None = option(
@@ -151,16 +156,28 @@ class Agent:
                 f"{', '.join(sorted(names))}"
             )
         self.config = self.Config(**config)
+        # data parallelism (agents.distributed): this process is rank `rank` of `world_size`, each stepping
+        # num_envs / world_size sub-envs of the global batch
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
         if isinstance(env, str):
-            env = make_env(env, num_envs=self.config.num_envs, **self.config.env_kwargs)
-        elif "num_envs" in config and config["num_envs"] != getattr(env, "num_envs", None):
+            if self.config.num_envs % self.world_size:
+                raise ValueError(
+                    f"num_envs={self.config.num_envs} (the global batch) must split evenly over the "
+                    f"{self.world_size} processes of this run"
+                )
+            local = self.config.num_envs // self.world_size
+            env = make_env(env, num_envs=local, **self.config.env_kwargs)
+        elif "num_envs" in config and config["num_envs"] != getattr(env, "num_envs", 0) * self.world_size:
             raise ValueError(
                 f"num_envs={config['num_envs']} but the env given has {getattr(env, 'num_envs', None)} "
-                "sub-envs; num_envs only sizes the env an agent makes from an env id"
+                f"sub-envs{f' on each of {self.world_size} processes' if self.world_size > 1 else ''}; "
+                "num_envs only sizes the env an agent makes from an env id"
             )
         else:
-            self.config.num_envs = int(getattr(env, "num_envs", self.config.num_envs))
+            self.config.num_envs = int(getattr(env, "num_envs", self.config.num_envs)) * self.world_size
         self.env = env
+        if self.world_size > 1:  # beta moves once per rollout, with the KL of every rank's episodes
+            env.unwrapped.hold_kl_coef(True)  # type: ignore[attr-defined]
         self.constants = constants_of(env)
         critic: Critic = getattr(self.config, "critic", "none")  # agents with a value function configure it
         self.model = ActorCritic(env.unwrapped.policy, critic=critic)  # type: ignore[attr-defined]
@@ -169,8 +186,11 @@ class Agent:
             self.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps
         )
         self.seed = int(seed)
-        self.generator = torch.Generator(self.device).manual_seed(self.seed)  # sampling and shuffling
-        self.np_rng = np.random.default_rng(self.seed)  # the env's prompt seeds
+        rank_seed = distributed.rank_seed(self.seed, self.rank)  # the seed itself on rank 0
+        self.generator = torch.Generator(self.device).manual_seed(rank_seed)  # sampling and shuffling
+        self.np_rng = np.random.default_rng(rank_seed)  # the env's prompt seeds
+        # every rank's RNG states as of the end of the latest iteration, gathered there (rank 0 saves them)
+        self._rank_rng_states: list[dict[str, Any]] | None = None
         self.num_timesteps = 0  # response tokens trained on, summed over sub-envs
         self.iterations = 0
         self.history: list[dict[str, float]] = []
@@ -210,17 +230,42 @@ class Agent:
         return c.learning_rate + (c.lr_final - c.learning_rate) * progress
 
     def optimizer_step(self, loss: torch.Tensor) -> float:
-        """Backpropagate ``loss``, clip the global gradient norm, step; returns the norm before clipping."""
+        """Backpropagate ``loss``, clip the global gradient norm, step; returns the norm before clipping.
+
+        In a data-parallel run the gradients are averaged over the ranks first, so every rank takes the
+        same step."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world_size > 1:
+            distributed.average_gradients(self.trainable_parameters())
         params = [p for p in self.trainable_parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
         self.optimizer.step()
         return float(norm)
 
+    def local_minibatch(self, size: int) -> int:
+        """This rank's share of a minibatch of ``size`` episodes (``minibatch_size`` counts episodes of the
+        global batch: each of ``world_size`` ranks takes ``size // world_size`` of its own, at least one)."""
+        return max(1, size // self.world_size)
+
+    def reduce_mean(self, value: float) -> float:
+        """``value`` averaged over the ranks of a data-parallel run (itself in one process)."""
+        return value if self.world_size == 1 else distributed.all_reduce_mean([value])[0]
+
     # ------------------------------------------------------------------ training
     def collect_rollout(self) -> Rollout:
-        """One episode per sub-env with the current policy (prompts seeded from the agent's RNG)."""
+        """One episode per sub-env with the current policy (prompts seeded from the agent's RNG).
+
+        In a data-parallel run, beta then moves once with the KL of the episodes of all ranks."""
+        rollout = self._collect()
+        if self.world_size > 1:
+            env = self.env.unwrapped
+            total, count = distributed.all_reduce_sum(env.take_held_kl())  # type: ignore[attr-defined]
+            if count > 0:
+                env.update_kl_coef(total / count, int(count))  # type: ignore[attr-defined]
+        return rollout
+
+    def _collect(self) -> Rollout:
         exploration = self.exploration()
         return collect(
             self.env,
@@ -241,7 +286,12 @@ class Agent:
         """
         hook = make_callback(callback)
         goal = self.num_timesteps + int(total_timesteps)
-        bar = tqdm(total=int(total_timesteps), unit="tok", disable=not progress_bar, dynamic_ncols=True)
+        bar = tqdm(
+            total=int(total_timesteps),
+            unit="tok",
+            disable=not progress_bar or self.rank != 0,
+            dynamic_ncols=True,
+        )
         if hook is not None:
             hook.init_callback(self)
             hook.on_training_start()
@@ -256,23 +306,31 @@ class Agent:
                     group["lr"] = lr
                 metrics = self.update(rollout)
                 done = time.perf_counter()
-                self.num_timesteps += rollout.num_tokens
+                metrics = {**rollout_metrics(rollout), **metrics}
+                tokens = rollout.num_tokens
+                if self.world_size > 1:  # means over the ranks; episodes and tokens summed
+                    metrics["charts/tokens"] = float(tokens)
+                    metrics = distributed.reduce_metrics(metrics, sums=("charts/episodes", "charts/tokens"))
+                    tokens = round(metrics.pop("charts/tokens"))
+                    self._rank_rng_states = distributed.gather_objects(self.rng_state())
+                self.num_timesteps += tokens
                 self.iterations += 1
-                metrics = {
-                    **rollout_metrics(rollout),
-                    **metrics,
+                metrics |= {
                     "charts/iteration": float(self.iterations),
                     "charts/timesteps": float(self.num_timesteps),
                     "charts/rollout_seconds": rolled - start,
                     "charts/update_seconds": done - rolled,
-                    "charts/tokens_per_second": rollout.num_tokens / max(done - start, 1e-9),
+                    "charts/tokens_per_second": tokens / max(done - start, 1e-9),
                 }
                 self.history.append(metrics)
-                bar.update(min(rollout.num_tokens, bar.total - bar.n))
+                bar.update(min(tokens, bar.total - bar.n))
                 bar.set_postfix(
                     score=f"{metrics['objective/scores']:.2f}", kl=f"{metrics['objective/kl']:.2f}"
                 )
-                if hook is not None and not hook.on_step(metrics):
+                stop = hook is not None and not hook.on_step(metrics)
+                if self.world_size > 1:  # a callback of one rank (rank 0's logger) stops them all
+                    stop = distributed.any_rank(stop)
+                if stop:
                     break
         finally:
             bar.close()
@@ -318,19 +376,49 @@ class Agent:
         return (out[0] if single else out), None
 
     # ------------------------------------------------------------------ saving
+    def rng_state(self) -> dict[str, Any]:
+        """This rank's RNG states: the sampler's (a byte tensor) and the prompt seeds' (numpy's dict)."""
+        return {"sampler": self.generator.get_state(), "np_rng": self.np_rng.bit_generator.state}
+
+    def all_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's :meth:`rng_state`, rank 0's as it is now and the others' as of the end of the latest
+        iteration (gathered there, so that rank 0 can save without waiting for the others); before any,
+        the states every rank's seed starts them in."""
+        if self.world_size == 1:
+            return [self.rng_state()]
+        states = self._rank_rng_states
+        if states is None:
+            states = []
+            for r in range(self.world_size):
+                seed = distributed.rank_seed(self.seed, r)
+                states.append(
+                    {
+                        "sampler": torch.Generator(self.device).manual_seed(seed).get_state(),
+                        "np_rng": np.random.default_rng(seed).bit_generator.state,
+                    }
+                )
+        return [self.rng_state(), *states[1:]]
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write everything needed to resume exactly (see the module docstring); returns the directory.
 
         The folder is written under a temporary name, listed in ``manifest.json``, flushed to disk and then
         renamed to ``path`` (replacing an earlier save): a save killed half-way leaves the earlier one.
+        In a data-parallel run rank 0 alone writes (the weights are the same on every rank) and the folder
+        holds every rank's RNG states; other ranks return ``path`` without writing.
         """
         path = Path(path)
+        if self.rank != 0:
+            return path
+        rng_states = self.all_rng_states()
         with atomic_folder(path, marker=STATE_FILE) as tmp, quiet_loading():
             self.model.policy.save_pretrained(tmp / "policy", safe_serialization=True)
             self.env.unwrapped.tokenizer.save_pretrained(tmp / "policy")  # type: ignore[attr-defined]
             if self.model.critic_model is not None:
                 self.model.critic_model.save_pretrained(tmp / "critic", safe_serialization=True)
             tensors = {"rng/sampler": self.generator.get_state()}
+            for r, rank_state in enumerate(rng_states[1:], start=1):
+                tensors[f"rng/sampler/rank{r}"] = rank_state["sampler"]
             if self.model.value_head is not None:
                 tensors.update(
                     {f"value_head/{k}": v.contiguous() for k, v in self.model.value_head.state_dict().items()}
@@ -345,6 +433,8 @@ class Agent:
                 "iterations": self.iterations,
                 "kl_coef": self.env.unwrapped.kl_coef,  # type: ignore[attr-defined]
                 "np_rng": self.np_rng.bit_generator.state,
+                "world_size": self.world_size,
+                "np_rng_ranks": [rank_state["np_rng"] for rank_state in rng_states[1:]],
                 "extra": self.extra_state(),
                 "history": self.history,
             }
@@ -374,6 +464,13 @@ class Agent:
         kl_coef = state.get("kl_coef")
         if not isinstance(kl_coef, int | float) or not math.isfinite(kl_coef) or kl_coef < 0:
             raise CheckpointError(f"{path / STATE_FILE} has kl_coef={kl_coef!r}, not a finite number >= 0")
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != distributed.world_size():
+            raise CheckpointError(
+                f"{path} was saved by a run of {saved_world} process(es) and this one has "
+                f"{distributed.world_size()}: every rank has its own RNG streams, so resume it with "
+                f"{saved_world} (torchrun --nproc_per_node {saved_world} ...)"
+            )
         policy_weights = _read(path / "policy", _state_dict_of)
         critic_weights = _read(path / "critic", _state_dict_of) if (path / "critic").exists() else None
         tensors = _read(path / "agent.safetensors", load_file)
@@ -400,8 +497,14 @@ class Agent:
                         if k.startswith("value_head/")
                     }
                 )
-            agent.generator.set_state(tensors["rng/sampler"])
-            agent.np_rng.bit_generator.state = state["np_rng"]
+            rank_states = [{"sampler": tensors["rng/sampler"], "np_rng": state["np_rng"]}] + [
+                {"sampler": tensors[f"rng/sampler/rank{r}"], "np_rng": state["np_rng_ranks"][r - 1]}
+                for r in range(1, saved_world)
+            ]
+            agent.generator.set_state(rank_states[agent.rank]["sampler"])
+            agent.np_rng.bit_generator.state = rank_states[agent.rank]["np_rng"]
+            if saved_world > 1:
+                agent._rank_rng_states = rank_states
         except (KeyError, ValueError, RuntimeError, TypeError) as error:
             raise CheckpointError(
                 f"{path} does not fit a {agent_class.__name__} on this env: {error}"

@@ -106,7 +106,7 @@ class GRPO(Agent):
         self.model.policy.eval()  # no dropout: the ratio compares like with like
         for epoch in range(c.num_epochs):
             order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
-            for index in minibatches(order, c.minibatch_size):
+            for index in minibatches(order, self.local_minibatch(c.minibatch_size)):
                 m = mask[index]
                 new_logprobs, _, entropy = self.model.evaluate(
                     input_ids[index], attention_mask[index], P, temperature

@@ -181,7 +181,11 @@ class PPO(Agent):
                     ):
                         stats.setdefault(name, []).append(float(value))
             epochs_run += 1
-            if c.target_kl is not None and sum(epoch_kl) / max(len(epoch_kl), 1) > c.target_kl:
+            # averaged over the ranks of a data-parallel run, which must all stop at the same epoch
+            if (
+                c.target_kl is not None
+                and self.reduce_mean(sum(epoch_kl) / max(len(epoch_kl), 1)) > c.target_kl
+            ):
                 break
 
         metrics = {name: sum(v) / len(v) for name, v in stats.items()}

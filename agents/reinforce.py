@@ -106,7 +106,7 @@ class REINFORCE(Agent):
         if c.baseline == "leave_one_out":
             baseline = leave_one_out_baseline(returns, c.group_size)
         else:
-            mean = float(returns.mean())
+            mean = self.reduce_mean(float(returns.mean()))  # over every rank's episodes
             b = mean if self.moving_baseline is None else self.moving_baseline
             baseline = torch.full_like(returns, b)
             self.moving_baseline = c.baseline_decay * b + (1 - c.baseline_decay) * mean
@@ -118,13 +118,14 @@ class REINFORCE(Agent):
         input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
         old_logprobs = rollout.behaviour_logprobs.to(dev)
         batch = rollout.num_episodes
-        if c.minibatch_size >= batch:
+        size = self.local_minibatch(c.minibatch_size)
+        if size >= batch:
             order = torch.arange(batch, device=dev)
         else:
             order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
         stats: dict[str, list[float]] = {}
         entropies: list[torch.Tensor] = []
-        for step, index in enumerate(minibatches(order, c.minibatch_size)):
+        for step, index in enumerate(minibatches(order, size)):
             m = mask[index]
             logprobs, _, entropy = self.model.evaluate(
                 input_ids[index],

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from agents import distributed
 from agents.callbacks import BaseCallback
 
 AGENT_NAMES = ("ppo", "grpo", "reinforce", "egreedy")
@@ -313,14 +314,16 @@ def _samples(rows: list[dict[str, Any]], n: int) -> list[str]:
     return lines
 
 
-def newest_checkpoint(run_dir: Path) -> Path:
+def newest_checkpoint(run_dir: Path, say: Any = _print) -> Path:
     """The run's newest checkpoint that passes its check (``checkpoint/``, or ``checkpoint.prev/`` when a
-    save was killed between its two renames); says which, and why any other was skipped."""
+    save was killed between its two renames); says which (through ``say``, unless None), and why any other
+    was skipped."""
     from textenv.atomic import complete_versions
 
+    say = say or (lambda text: None)
     good, errors = complete_versions(run_dir / "checkpoint")
     for error in errors:
-        _print(f"skipping a checkpoint that fails its check: {error}")
+        say(f"skipping a checkpoint that fails its check: {error}")
     if not good:
         reason = "; ".join(map(str, errors)) or f"{run_dir / 'checkpoint'} does not exist"
         raise SystemExit(f"{run_dir} has no complete checkpoint to resume from: {reason}")
@@ -329,7 +332,7 @@ def newest_checkpoint(run_dir: Path) -> Path:
         return int(json.loads((folder / "state.json").read_text(encoding="utf-8"))["iterations"])
 
     best = max(good, key=iterations)
-    _print(f"resuming from {best} (iteration {iterations(best)}, the newest complete checkpoint)")
+    say(f"resuming from {best} (iteration {iterations(best)}, the newest complete checkpoint)")
     return best
 
 
@@ -345,7 +348,10 @@ class RolloutGold(BaseCallback):
 
         rollout = self.agent.last_rollout
         assert rollout is not None  # learn sets it before the callbacks run
-        self.locals["metrics"].update(evaluation.gold_metrics(self.task, rollout.prompts, rollout.responses))
+        gold = evaluation.gold_metrics(self.task, rollout.prompts, rollout.responses)
+        if self.agent.world_size > 1:  # every rank runs this callback: the mean over all their episodes
+            gold = distributed.reduce_metrics(gold)
+        self.locals["metrics"].update(gold)
         return True
 
 
@@ -396,8 +402,21 @@ def env_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str] | 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the command; returns the before/after summary (an empty dict on the ranks other than 0 of a
+    data-parallel run, which train but neither evaluate nor write)."""
     args = parse_args(argv)
+    launched = distributed.launched_world_size() > 1 and not distributed.active()
+    try:
+        args.device = distributed.init_from_environment(args.device)
+        return _main(args, argv)
+    finally:
+        if launched:
+            distributed.shutdown()
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     given = vars(args)
+    lead = distributed.rank() == 0  # rank 0 evaluates, prints and writes; every rank trains
     from agents import evaluation
     from agents.callbacks import CheckpointCallback, EvalCallback, StopTrainingOnThreshold
     from agents.reporting import RunLogger, parse_report_to
@@ -431,6 +450,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise SystemExit(f"--resume continues a run as it was made: drop {flags}")
         run_dir = args.resume
+        distributed.barrier()  # no rank reads the run folder while rank 0 may still be writing it
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         name = saved["agent"]
         if args.agent not in (None, name):
@@ -439,14 +459,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parts = saved.get("parts", {"task": saved.get("task", "reviews")})
         eval_prompts = saved.get("eval_prompts")
         timesteps = args.timesteps if args.timesteps is not None else saved["timesteps"]
-        checkpoint = newest_checkpoint(run_dir)
+        checkpoint = newest_checkpoint(run_dir, say=_print if lead else None)
         if args.device is not None:  # the same run on another device
             state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
             overrides["env_kwargs"] = state["config"]["env_kwargs"] | {"device": args.device}
         agent = classes[name].load(checkpoint, "TextRLHF-v0", **overrides)
         before = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))["before"]
         before_rows = json.loads((run_dir / "samples_before.json").read_text(encoding="utf-8"))
-        _print(f"resuming {name} from {run_dir} at {agent.num_timesteps:,} timesteps")
+        if lead:
+            _print(f"resuming {name} from {run_dir} at {agent.num_timesteps:,} timesteps")
     else:
         name = args.agent or "ppo"
         seed = 0 if args.seed is None else args.seed
@@ -454,10 +475,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env_kwargs, eval_prompts, parts = env_settings(args)
         label = env_kwargs.get("task") or "custom"
         run_dir = args.run_dir or Path("runs") / f"{name}-{label}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = distributed.broadcast_object(run_dir)  # rank 0's name, on every rank
         if (run_dir / "config.json").exists():
             raise SystemExit(f"{run_dir} already holds a run: pass --resume {run_dir} or another --run-dir")
+        distributed.barrier()  # every rank has looked before rank 0 writes
         agent = classes[name]("TextRLHF-v0", seed=seed, env_kwargs=env_kwargs, **overrides)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if lead:
+            run_dir.mkdir(parents=True, exist_ok=True)
     spec = evaluation.find_task(agent)
     config = {
         "agent": name,
@@ -471,7 +495,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "config": dict(vars(agent.config)),
         "command": saved["command"] if args.resume is not None else command,
         "resumed_with": [*saved.get("resumed_with", []), command] if args.resume is not None else [],
+        "processes": agent.world_size,
     }
+    if not lead:  # the other ranks of a data-parallel run: train, with the callbacks that reduce over ranks
+        agent.learn(
+            max(0, timesteps - agent.num_timesteps),
+            callback=[RolloutGold(spec)] if spec is not None else None,
+        )
+        return {}
     atomic.write_json(run_dir / "config.json", config)
 
     columns = evaluation.summary_columns(spec)
@@ -481,7 +512,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     _print(
         f"{type(agent).__name__} on TextRLHF-v0, {where}: "
         f"{sum(p.numel() for p in policy.parameters()):,}"
-        f"-parameter policy, {agent.constants.num_envs} episodes per iteration, {timesteps:,} timesteps, "
+        f"-parameter policy, {agent.config.num_envs} episodes per iteration"
+        f"{f' over {agent.world_size} processes' if agent.world_size > 1 else ''}, {timesteps:,} timesteps, "
         f"run folder {run_dir}"
     )
     if args.resume is None:

@@ -167,6 +167,7 @@ class EnvConfig:
     kl_target: float | None = None
     kl_horizon: float = 10_000
     device: Any = None
+    lora: Any = None
     render_mode: str | None = None
     truncate_prompts: bool = False
     reward_label: str | int | None = None
@@ -186,6 +187,10 @@ class EnvConfig:
             raise TypeError("kl_horizon must be a number (episodes over which beta adapts), got None")
         set_(self, "kl_horizon", check_float("kl_horizon", self.kl_horizon, above=0.0))
         check_device(self.device)
+        if self.lora is not None:
+            from textenv.lora import lora_settings
+
+            lora_settings(self.lora)  # a wrong type or rank fails here, before any model loads
         check_choice("render_mode", self.render_mode, RENDER_MODES, optional=True)
         set_(self, "truncate_prompts", check_bool("truncate_prompts", self.truncate_prompts))
         set_(self, "trust_remote_code", check_bool("trust_remote_code", self.trust_remote_code))

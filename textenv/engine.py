@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from textenv.config import EnvConfig, EnvConstants, KLPlacement, check_float, check_int
 from textenv.kl import AdaptiveKLController, get_estimator
+from textenv.lora import AdaptersOff, add_lora, is_peft_model
 from textenv.models import (
     evaluating,
     frozen_copy,
@@ -91,18 +92,30 @@ class RLHFEngine:
         self.kl_estimator = get_estimator(config.kl_estimator)
         self.kl_placement: KLPlacement = kl_placement
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
+        # hold_kl_coef: beta stays still and the finished episodes' KL is summed here instead, for a caller
+        # that moves beta itself (data-parallel training: once per rollout with the KL of every rank)
+        self.hold_kl_coef = False
+        self.held_kl = [0.0, 0]  # sum of the per-sequence KLs, number of episodes
 
         # models: the policy is shared with the agent (never copied); the reference is frozen
         first = policy if policy is not None else reference
         if device is None:
-            device = model_device(first) if isinstance(first, PreTrainedModel) else "cpu"
+            device = model_device(first) if isinstance(first, torch.nn.Module) else "cpu"
         self.device = torch.device(device)
         self.policy: PreTrainedModel | None = None
         if policy is not None:
             self.policy = load_causal_lm(policy, device=self.device, trust_remote_code=trust_remote_code)
+        if config.lora is not None:
+            if self.policy is None or is_peft_model(self.policy):
+                raise ValueError(
+                    "lora= adds adapters to the policy; "
+                    + ("there is none (policy=None)" if self.policy is None else "it has adapters already")
+                )
+            self.policy = add_lora(self.policy, config.lora)
         if reference is None:
             assert self.policy is not None
-            reference = frozen_copy(self.policy)
+            # LoRA: the base weights are the reference (the adapters switched off), not a second copy
+            reference = AdaptersOff(self.policy) if is_peft_model(self.policy) else frozen_copy(self.policy)
         self.reference: PreTrainedModel = load_causal_lm(
             reference, device=self.device, trust_remote_code=trust_remote_code
         )
@@ -345,7 +358,10 @@ class RLHFEngine:
             else:
                 sums = np.array([lr.sum() for lr in finished.ref_logprobs])
                 rewards[terminated] = finished.score + beta * sums
-            if finished.kl is not None:
+            if finished.kl is not None and self.hold_kl_coef:
+                self.held_kl[0] += float(finished.kl.sum())
+                self.held_kl[1] += len(finished.slots)
+            elif finished.kl is not None:
                 self.kl_ctl.update(float(finished.kl.mean()), len(finished.slots))
         return StepResult(rewards, terminated, finished, token_lp, token_lr, token_kl)
 
@@ -490,3 +506,22 @@ class EngineEnv:
     @kl_coef.setter
     def kl_coef(self, value: float) -> None:
         self.engine.kl_coef = value
+
+    def hold_kl_coef(self, hold: bool = True) -> None:
+        """Keep beta still while episodes finish (``hold=False``: adapt it again after every finished batch,
+        the default). Held, the env sums the finished episodes' KL instead (:meth:`take_held_kl`), for a
+        caller that moves beta itself: data-parallel training moves it once per rollout with the KL of the
+        episodes of every rank (:meth:`update_kl_coef`), so that every rank pays the same beta."""
+        self.engine.hold_kl_coef = bool(hold)
+
+    def take_held_kl(self) -> tuple[float, int]:
+        """``(sum of per-sequence KLs, episodes)`` of the episodes that finished while beta was held, since
+        the last call; resets the sums."""
+        total, count = self.engine.held_kl
+        self.engine.held_kl = [0.0, 0]
+        return float(total), int(count)
+
+    def update_kl_coef(self, mean_kl: float, n_episodes: int) -> float:
+        """Move beta by the adaptive controller's rule after ``n_episodes`` episodes of mean KL ``mean_kl``
+        (nothing with a fixed beta); returns the new beta."""
+        return self.engine.kl_ctl.update(float(mean_kl), int(n_episodes))

@@ -100,7 +100,7 @@ class TextRLHFEnv(EngineEnv, gym.Env[dict[str, np.ndarray], Any]):
     gymnasium.make("TextRLHF-v0", policy=..., reference=None, tokenizer=None, reward_model=...,
                    prompts=[...], max_new_tokens=32, max_prompt_tokens=64, temperature=1.0,
                    kl_coef=0.2, kl_estimator="k1", kl_placement="terminal", kl_target=None,
-                   kl_horizon=10000, device=None, render_mode=None, task=None)
+                   kl_horizon=10000, device=None, lora=None, render_mode=None, task=None)
     ```
 
     * ``task``: a name from ``textenv.tasks.names()`` (``"reviews"``, ``"verbosity"``, ``"sorting"``,
@@ -125,6 +125,10 @@ class TextRLHFEnv(EngineEnv, gym.Env[dict[str, np.ndarray], Any]):
     * ``temperature``: of the sampling distribution whose log-probs enter the KL.
     * ``kl_coef``, ``kl_estimator``, ``kl_placement``, ``kl_target``, ``kl_horizon``: beta and the KL term.
     * ``device``: where the models run (default: the policy's device, else CPU).
+    * ``lora``: train LoRA adapters (peft) instead of the whole policy: a rank (``8``) or a dict of
+      ``peft.LoraConfig`` arguments. The reference is then the policy with its adapters switched off (one
+      copy of the weights), unless ``reference`` is given. A policy that is a peft model already gets that
+      reference without ``lora``. See ``textenv.lora``.
     * ``render_mode``: ``"ansi"`` returns the text so far from ``render()``.
     * ``trust_remote_code``: passed to ``from_pretrained``; off unless you turn it on.
 

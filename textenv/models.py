@@ -52,8 +52,12 @@ def quiet_loading() -> Iterator[None]:
 def load_causal_lm(
     spec: ModelSpec, *, device: torch.device | None = None, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """Return a causal LM: ``spec`` itself if it is a model, else ``from_pretrained(spec)``."""
-    if isinstance(spec, PreTrainedModel):
+    """Return a causal LM: ``spec`` itself if it is a model (a peft model with adapters and its
+    :class:`textenv.lora.AdaptersOff` view included), else ``from_pretrained(spec)``."""
+    from textenv.lora import AdaptersOff, is_peft_model
+
+    model: Any
+    if isinstance(spec, PreTrainedModel | AdaptersOff) or is_peft_model(spec):
         model = spec
     elif isinstance(spec, str | os.PathLike):
         with quiet_loading():
@@ -65,7 +69,7 @@ def load_causal_lm(
             "a policy or reference must be a transformers PreTrainedModel, a local directory or a hub "
             f"name; got {type(spec).__name__}"
         )
-    if device is not None:
+    if device is not None and not isinstance(model, AdaptersOff):  # a view moves with its policy
         torch.nn.Module.to(model, device)  # in place: a shared policy stays the same object
     return model
 

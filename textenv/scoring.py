@@ -42,7 +42,10 @@ def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
     """Whether the model can skip the logits of the prompt positions (most transformers LMs can)."""
     cls = type(model)
     if cls not in _ACCEPTS_LOGITS_TO_KEEP:
-        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(model.forward).parameters
+        from textenv.lora import base_forward_signature  # peft models forward **kwargs to their base
+
+        forward = base_forward_signature(model)
+        _ACCEPTS_LOGITS_TO_KEEP[cls] = "logits_to_keep" in inspect.signature(forward).parameters
     return _ACCEPTS_LOGITS_TO_KEEP[cls]
 
 
