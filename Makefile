@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/env_overhead.py
 	$(BIN)/python benchmarks/throughput.py
+
+# PPO on the default task in 1 process and in 2 (torchrun, gloo), same global batch, 3 seeds each (about 20 min
+# on an idle 2-core machine; resumable): the learning curves side by side
+bench-data-parallel: $(STAMP)
+	$(BIN)/python benchmarks/data_parallel.py --out benchmarks/results/data-parallel --seeds 3
+
+# a GPT-2 124M-shaped policy: peak memory of PPO iterations with full fine-tuning and with LoRA, each with and
+# without gradient checkpointing (a fresh process each; about 5 min)
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/real_size.py --memory --iterations 1
 
 # PPO with and without the pretraining mix on the default task, 3 seeds, 12 evaluations each (about 45 min
 # with 2 workers; resumable), then the alignment tax at equal gold

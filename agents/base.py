@@ -3,9 +3,10 @@ config plumbing, seeding and the training loop. Each agent file adds its config 
 
 A saved agent is a directory::
 
-    policy/             the policy as a plain transformers model + its tokenizer (safetensors)
+    policy/             the policy as a plain transformers model + its tokenizer (safetensors); a LoRA
+                        policy's adapters in peft's format (its base is the env's, rebuilt from its settings)
     critic/             the separate critic LM, if there is one
-    agent.safetensors   value head, and the RNG state of the sampler
+    agent.safetensors   value head, and the RNG state of the sampler (of every rank, data-parallel)
     optimizer.pt        the optimizer's state dict (loaded with ``weights_only=True``)
     state.json          agent class, config, seed, counters, beta, numpy RNG state, metric history
     manifest.json       every file's size and sha256, written last: ``load`` refuses a folder that fails it
@@ -16,6 +17,7 @@ saving keeps its previous checkpoint whole.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -40,6 +42,7 @@ from agents.rollout import Exploration, Rollout, collect, constants_of
 from textenv.atomic import atomic_folder, verify_manifest
 from textenv.config import check_bool, check_float, check_int
 from textenv.errors import CheckpointError
+from textenv.lora import is_peft_model
 from textenv.models import evaluating, quiet_loading
 from textenv.scoring import position_ids
 
@@ -78,6 +81,14 @@ class AgentConfig:
     top_k: int = option(0, "predict(): sample among the k most likely tokens only (0 = all)")
     top_p: float = option(1.0, "predict(): sample from the smallest set of tokens with this mass")
     env_kwargs: dict = option(DEFAULT_ENV_KWARGS, "arguments of the env made from an env id")  # noqa: RUF009
+    mixed_precision: str = option(
+        "no",
+        "'bf16' or 'fp16': the models' forward passes (rollout, env scoring, update) under torch.autocast, "
+        "log-probs, ratios and KL still in float32 (fp16 with a gradient scaler); 'no': full precision",
+    )
+    gradient_checkpointing: bool = option(
+        False, "recompute the policy's activations in the update's backward pass (less memory, more compute)"
+    )
 
     def __post_init__(self) -> None:
         """Check every field by its declared type (and the ranges a few must keep), naming it: a wrong type
@@ -105,6 +116,10 @@ class AgentConfig:
                 f"lr_final={self.lr_final} needs lr_decay_timesteps, the response tokens over which the "
                 "learning rate decays to it (or lr_final=None for a constant learning rate)"
             )
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(
+                f"mixed_precision must be one of {sorted(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
         if self.lr_final is not None and self.lr_final < 0:
             raise ValueError(f"lr_final must be >= 0, got {self.lr_final}")
         if self.lr_decay_timesteps is not None and self.lr_decay_timesteps < 1:
@@ -122,6 +137,10 @@ _POSITIVE = {
     "group_size",
 }
 _UNIT_INTERVAL = {"gamma", "lam", "baseline_decay", "top_p"}
+
+
+#: ``mixed_precision`` settings and the dtype each autocasts to.
+MIXED_PRECISION: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def describe_config(config_class: type) -> str:
@@ -185,6 +204,13 @@ class Agent:
         self.optimizer = torch.optim.Adam(
             self.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps
         )
+        self.autocast_dtype = MIXED_PRECISION[self.config.mixed_precision]
+        # fp16's narrow range needs the loss scaled up before backward (bf16 has float32's range)
+        self.grad_scaler = (
+            torch.amp.GradScaler(self.device.type) if self.config.mixed_precision == "fp16" else None
+        )
+        if self.config.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model.policy)
         self.seed = int(seed)
         rank_seed = distributed.rank_seed(self.seed, self.rank)  # the seed itself on rank 0
         self.generator = torch.Generator(self.device).manual_seed(rank_seed)  # sampling and shuffling
@@ -235,13 +261,34 @@ class Agent:
         In a data-parallel run the gradients are averaged over the ranks first, so every rank takes the
         same step."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.world_size > 1:
-            distributed.average_gradients(self.trainable_parameters())
-        params = [p for p in self.trainable_parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
-        self.optimizer.step()
+        scaler = self.grad_scaler
+        with torch.autocast(self.device.type, enabled=False):  # autocast covers the forward passes only
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            if self.world_size > 1:
+                distributed.average_gradients(self.trainable_parameters())
+            if scaler is not None:
+                scaler.unscale_(self.optimizer)
+            params = [p for p in self.trainable_parameters() if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm or float("inf"))
+            if scaler is not None:  # skips the step when fp16 overflowed (on every rank alike)
+                scaler.step(self.optimizer)
+                scaler.update()
+            else:
+                self.optimizer.step()
         return float(norm)
+
+    def autocast(self) -> Any:
+        """The context of the models' forward passes: ``torch.autocast`` to ``mixed_precision``'s dtype, or
+        nothing (``mixed_precision='no'``)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def update_mode(self) -> None:
+        """Put the policy in the mode of the update's passes: eval (no dropout, so that the ratio compares
+        like with like), or, with gradient checkpointing, train mode (transformers checkpoints in train mode
+        only) with its dropout already set to zero (:func:`enable_gradient_checkpointing`)."""
+        self.model.policy.train(self.config.gradient_checkpointing)
 
     def local_minibatch(self, size: int) -> int:
         """This rank's share of a minibatch of ``size`` episodes (``minibatch_size`` counts episodes of the
@@ -256,17 +303,23 @@ class Agent:
     def collect_rollout(self) -> Rollout:
         """One episode per sub-env with the current policy (prompts seeded from the agent's RNG).
 
-        In a data-parallel run, beta then moves once with the KL of the episodes of all ranks."""
+        In a data-parallel run beta holds still during the rollout; after it, every rank applies the KL
+        controller's update for each batch of episodes that finished on any rank, in rank order (as one
+        process would have for its own batches), so that beta stays the same everywhere."""
         rollout = self._collect()
         if self.world_size > 1:
             env = self.env.unwrapped
-            total, count = distributed.all_reduce_sum(env.take_held_kl())  # type: ignore[attr-defined]
-            if count > 0:
-                env.update_kl_coef(total / count, int(count))  # type: ignore[attr-defined]
+            for batches in distributed.gather_objects(env.take_held_kl()):  # type: ignore[attr-defined]
+                for mean_kl, count in batches:
+                    env.update_kl_coef(mean_kl, count)  # type: ignore[attr-defined]
         return rollout
 
     def _collect(self) -> Rollout:
         exploration = self.exploration()
+        with self.autocast():
+            return self._collect_with(exploration)
+
+    def _collect_with(self, exploration: Exploration | None) -> Rollout:
         return collect(
             self.env,
             self.model,
@@ -304,7 +357,8 @@ class Agent:
                 lr = self.learning_rate_now()
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                metrics = self.update(rollout)
+                with self.autocast():
+                    metrics = self.update(rollout)
                 done = time.perf_counter()
                 metrics = {**rollout_metrics(rollout), **metrics}
                 tokens = rollout.num_tokens
@@ -319,6 +373,7 @@ class Agent:
                     "charts/iteration": float(self.iterations),
                     "charts/timesteps": float(self.num_timesteps),
                     "charts/rollout_seconds": rolled - start,
+                    "charts/env_seconds": rollout.env_seconds,  # the env's share of it (scoring included)
                     "charts/update_seconds": done - rolled,
                     "charts/tokens_per_second": tokens / max(done - start, 1e-9),
                 }
@@ -435,6 +490,7 @@ class Agent:
                 "np_rng": self.np_rng.bit_generator.state,
                 "world_size": self.world_size,
                 "np_rng_ranks": [rank_state["np_rng"] for rank_state in rng_states[1:]],
+                "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
                 "extra": self.extra_state(),
                 "history": self.history,
             }
@@ -501,6 +557,8 @@ class Agent:
                 {"sampler": tensors[f"rng/sampler/rank{r}"], "np_rng": state["np_rng_ranks"][r - 1]}
                 for r in range(1, saved_world)
             ]
+            if agent.grad_scaler is not None and state.get("grad_scaler"):
+                agent.grad_scaler.load_state_dict(state["grad_scaler"])
             agent.generator.set_state(rank_states[agent.rank]["sampler"])
             agent.np_rng.bit_generator.state = rank_states[agent.rank]["np_rng"]
             if saved_world > 1:
@@ -513,7 +571,7 @@ class Agent:
             group["lr"] = agent.config.learning_rate
         if agent.model.critic_model is not None and critic_weights is not None:
             agent.model.critic_model.load_state_dict(critic_weights)
-        agent.model.policy.load_state_dict(policy_weights)
+        _load_policy_weights(agent.model.policy, policy_weights)
         agent.num_timesteps = int(state["num_timesteps"])
         agent.iterations = int(state["iterations"])
         agent.history = list(state["history"])
@@ -534,14 +592,37 @@ def _read(path: Path, reader: Callable[[Path], Any]) -> Any:
 
 
 def _state_dict_of(folder: Path) -> dict[str, torch.Tensor]:
+    """The weights a saved model folder holds: a transformers model's, or a LoRA policy's adapters (peft's
+    ``adapter_model.safetensors``, beside ``adapter_config.json``)."""
+    if (folder / "adapter_config.json").is_file():
+        return dict(load_file(folder / "adapter_model.safetensors"))
     with quiet_loading():
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
     return dict(model.state_dict())
 
 
+def _saved_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint holds of ``model``: its state dict, or a LoRA policy's adapters only (the base
+    weights are the env's own policy, frozen: the env rebuilds them from its settings)."""
+    if is_peft_model(model):
+        from peft import get_peft_model_state_dict
+
+        return dict(get_peft_model_state_dict(model))
+    return dict(model.state_dict())
+
+
+def _load_policy_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    if is_peft_model(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, weights)
+    else:
+        model.load_state_dict(weights)
+
+
 def _check_shapes(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
     """Refuse weights whose names or shapes are not the model's, before copying any of them."""
-    expected = model.state_dict()
+    expected = _saved_state(model)
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
@@ -552,6 +633,22 @@ def _check_shapes(model: torch.nn.Module, weights: dict[str, torch.Tensor], sour
             if names
         )
         raise CheckpointError(f"the weights in {source} do not fit this env's policy ({details})")
+
+
+def enable_gradient_checkpointing(policy: Any) -> None:
+    """Turn on transformers' gradient checkpointing (non-reentrant, so frozen embeddings and LoRA work) and
+    set every dropout of the policy to zero: checkpointing acts in train mode only, and the agents never
+    train with dropout."""
+    kwargs = {"use_reentrant": False}
+    if not getattr(policy, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{type(policy).__name__} does not support gradient checkpointing")
+    if hasattr(policy, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        policy.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    for module in policy.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
 
 
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:

@@ -103,7 +103,7 @@ class GRPO(Agent):
         batch = rollout.num_episodes
         stats: dict[str, list[float]] = {}
         entropy_first_epoch: list[torch.Tensor] = []
-        self.model.policy.eval()  # no dropout: the ratio compares like with like
+        self.update_mode()  # no dropout: the ratio compares like with like
         for epoch in range(c.num_epochs):
             order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)
             for index in minibatches(order, self.local_minibatch(c.minibatch_size)):

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from agents.core import entropy_from_logits
+from textenv.lora import is_peft_model
 from textenv.scoring import position_ids
 
 Critic = Literal["shared", "separate", "none"]
@@ -47,6 +48,11 @@ class ActorCritic(nn.Module):
         self.policy = policy
         self.critic = critic
         self.critic_model: PreTrainedModel | None = None
+        if critic == "separate" and is_peft_model(policy):
+            raise ValueError(
+                "critic='separate' copies the policy, and a LoRA policy's copy would train its frozen base: "
+                "use the value head on the shared trunk (critic='shared', the default) with LoRA"
+            )
         if critic == "separate":
             self.critic_model = copy.deepcopy(policy)
             self.critic_model.requires_grad_(True)
@@ -86,6 +92,7 @@ class ActorCritic(nn.Module):
             attention_mask=attention_mask,
             position_ids=positions,
             output_hidden_states=shared,
+            use_cache=False,  # one pass with gradients: no KV cache to keep (nor to clash with checkpointing)
         )
         # column j predicts the token in column j + 1: states s_0..s_{T-1} sit in columns P-1 .. P+T-2
         states = slice(prompt_width - 1, width - 1)

@@ -121,7 +121,7 @@ class PPO(Agent):
         size = max(1, batch // c.num_minibatches)
         stats: dict[str, list[float]] = {}
         entropy_first_epoch: list[torch.Tensor] = []
-        self.model.policy.eval()  # no dropout: the ratio compares like with like
+        self.update_mode()  # no dropout: the ratio compares like with like
         epochs_run = 0
         for epoch in range(c.num_epochs):
             order = torch.randperm(batch, generator=self.generator, device=self.generator.device).to(dev)

@@ -114,7 +114,7 @@ class REINFORCE(Agent):
         if c.normalize_advantages:
             advantages = advantages / (advantages.std() + 1e-8)
 
-        self.model.policy.eval()  # no dropout, as in the rollout
+        self.update_mode()  # no dropout, as in the rollout
         input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)
         old_logprobs = rollout.behaviour_logprobs.to(dev)
         batch = rollout.num_episodes

@@ -16,6 +16,7 @@ response), paid the same way by a bare ``generate`` loop.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,7 @@ class Rollout:
     sampler_logprobs: torch.Tensor  # (B, T) log pi(a_t|s_t) as the KV-cached sampler saw it
     explore_probs: torch.Tensor | None = None  # (B, T) U(a_t) under exploration
     epsilon: float = 0.0  # the exploration's share of mu (0: mu = pi)
+    env_seconds: float = 0.0  # wall time spent in the env's reset and steps (its scoring included)
 
     @property
     def num_episodes(self) -> int:
@@ -152,7 +154,9 @@ def collect(
     policy = model.policy
     device = next(policy.parameters()).device
     options = {"group_size": group_size} if group_size > 1 else None
+    started = time.perf_counter()
     obs, infos = env.reset(seed=seed, options=options)
+    env_seconds = time.perf_counter() - started
     prompts = [str(p) for p in infos["prompt"]]
 
     def cache(lm: Any, hidden: bool) -> IncrementalLogprobs:
@@ -215,7 +219,9 @@ def collect(
                 offered = chosen.double().cpu().numpy()
                 offered[~running] = np.nan  # a slot past its episode steps a filler token, not this one
                 env.unwrapped.offer_policy_logprobs(offered)  # type: ignore[attr-defined]
+            started = time.perf_counter()
             obs, step_rewards, terminated, truncated, infos = env.step(actions.numpy())
+            env_seconds += time.perf_counter() - started
             live = torch.from_numpy(running)
             response_ids[live, t] = actions[live]
             response_mask[live, t] = 1.0
@@ -257,4 +263,5 @@ def collect(
         sampler_logprobs=sampler_logprobs * response_mask,
         explore_probs=explore_probs,
         epsilon=epsilon,
+        env_seconds=env_seconds,
     )

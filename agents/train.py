@@ -52,6 +52,7 @@ ENV_OPTIONS = (
     "max_new_tokens",
     "max_prompt_tokens",
     "temperature",
+    "lora",
 )
 #: The run's parts: what the env is made of (recorded in config.json; a resumed run keeps them).
 PART_OPTIONS = ("task", "policy", "reference", "tokenizer", "reward_model", "prompts", "holdout")
@@ -171,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     env.add_argument("--max-new-tokens", type=int, help="response length limit (the task's, or 32)")
     env.add_argument("--max-prompt-tokens", type=int, help="prompt length limit (the task's, or 64)")
     env.add_argument("--temperature", type=float, help="sampling temperature of the policy (1.0)")
+    env.add_argument(
+        "--lora",
+        type=int,
+        metavar="RANK",
+        help="train LoRA adapters of this rank (peft) instead of the whole policy; the reference is the "
+        "policy with its adapters off (one copy of the weights). Default: full fine-tuning",
+    )
     group = parser.add_argument_group("agent settings (each applies to the agents that have it)")
     defaults: dict[str, dict[str, Any]] = {}  # field -> {agent: default}
     helps: dict[str, str] = {}
@@ -421,6 +429,7 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     from agents.callbacks import CheckpointCallback, EvalCallback, StopTrainingOnThreshold
     from agents.reporting import RunLogger, parse_report_to
     from textenv import atomic
+    from textenv.lora import is_peft_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -509,10 +518,12 @@ def _main(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     eval_env = evaluation.make_eval_env(agent, num_envs=min(256, args.eval_episodes), prompts=eval_prompts)
     policy = agent.model.policy
     where = f"task {spec.name}" if spec is not None else "your own parts (no gold)"
+    trained = sum(p.numel() for p in agent.trainable_parameters())
     _print(
         f"{type(agent).__name__} on TextRLHF-v0, {where}: "
-        f"{sum(p.numel() for p in policy.parameters()):,}"
-        f"-parameter policy, {agent.config.num_envs} episodes per iteration"
+        f"{sum(p.numel() for p in policy.parameters()):,}-parameter policy"
+        f"{f' ({trained:,} trained)' if is_peft_model(policy) else ''}, "
+        f"{agent.config.num_envs} episodes per iteration"
         f"{f' over {agent.world_size} processes' if agent.world_size > 1 else ''}, {timesteps:,} timesteps, "
         f"run folder {run_dir}"
     )

@@ -13,18 +13,28 @@ downloaded), randomly initialised. The reference is a frozen copy, the reward mo
   reward model.
 
 Response tokens per second of each, interleaved, ``--repeats`` times after a warm-up; medians, with process
-CPU seconds. Then ``--iterations`` PPO iterations, with the peak resident memory of the process.
+CPU seconds. The rollout is also timed without the env's share (``sampling``: the rollout's wall time less
+the time spent in the env's reset and steps, which score the finished episodes), the part of it that does
+what ``generate`` does. Then ``--iterations`` PPO iterations, with the peak resident memory of the process.
 
-    python benchmarks/real_size.py [--num-envs 64] [--repeats 3] [--threads 2]
+``--memory`` instead measures PPO iterations in a fresh process per setting: full fine-tuning (the
+reference a frozen copy) against LoRA (the reference the adapters switched off), each with and without
+gradient checkpointing; peak resident memory of the process before and after training, and time.
+
+    python benchmarks/real_size.py [--num-envs 64] [--repeats 3] [--threads 2] [--device cpu]
+    python benchmarks/real_size.py --memory [--lora 8] [--iterations 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -80,7 +90,7 @@ def generate(
     pass of the policy and one of the reference over prompt and response for their log-probs, and the
     reward model on the decoded texts."""
     tokenizer.padding_side = "left"
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    batch = tokenizer(prompts, return_tensors="pt", padding=True).to(policy.device)
     torch.manual_seed(seed)
     out = policy.generate(
         **batch,
@@ -96,16 +106,127 @@ def generate(
     new = out[:, width:]
     ended = new == tokenizer.eos_token_id
     # tokens up to (not counting) the first EOS, as the env counts a response
-    first = torch.where(ended.any(1), ended.float().argmax(1), torch.full((new.shape[0],), new.shape[1]))
+    full = torch.full((new.shape[0],), new.shape[1], device=new.device)
+    first = torch.where(ended.any(1), ended.float().argmax(1), full)
     if score is not None:
         reference, reward = score
-        keep = torch.arange(new.shape[1])[None, :] < first[:, None]
+        keep = torch.arange(new.shape[1], device=new.device)[None, :] < first[:, None]
         mask = torch.cat([batch["attention_mask"], keep.long()], dim=1)
         response_logprobs(policy, out, mask, width, temperature)
         response_logprobs(reference, out, mask, width, temperature)
         texts = tokenizer.batch_decode([row[: int(n)] for row, n in zip(new, first, strict=True)])
         compute_scores(reward, prompts, texts)
     return int(first.sum())
+
+
+MEMORY_SETTINGS = {
+    "full fine-tuning": {"lora": False, "checkpointing": False},
+    "full + checkpointing": {"lora": False, "checkpointing": True},
+    "LoRA": {"lora": True, "checkpointing": False},
+    "LoRA + checkpointing": {"lora": True, "checkpointing": True},
+}
+
+
+def make_agent(args: argparse.Namespace, lora: bool = False, checkpointing: bool = False) -> PPO:
+    """PPO on the default task with the 124M-shaped policy: its reference a frozen copy, or, with LoRA, the
+    policy with its adapters off."""
+    task = tasks.load("reviews")
+    tokenizer = load_tokenizer(task.assets / "policy")
+    policy = build_policy(tokenizer).to(args.device)
+    settings: dict[str, Any] = {"lora": args.lora} if lora else {"reference": copy.deepcopy(policy)}
+    env = gym.make_vec(
+        "TextRLHF-v0",
+        num_envs=args.num_envs,
+        vectorization_mode="vector_entry_point",
+        task="reviews",
+        policy=policy,
+        tokenizer=tokenizer,
+        kl_coef=0.2,
+        kl_target=6.0,
+        **settings,
+    )
+    return PPO(
+        env,
+        seed=0,
+        num_minibatches=max(1, args.num_envs // 16),
+        gradient_checkpointing=checkpointing,
+        mixed_precision=args.mixed_precision,
+    )
+
+
+def weights_gib(*models: torch.nn.Module) -> float:
+    """GiB of the distinct parameter tensors of ``models`` (a view sharing the policy's adds nothing)."""
+    seen = {p.data_ptr(): p.numel() * p.element_size() for m in models for p in m.parameters()}
+    return sum(seen.values()) / 2**30
+
+
+def memory_run(args: argparse.Namespace) -> None:
+    """One setting of ``--memory``, in this process: a JSON line of its figures."""
+    setting = MEMORY_SETTINGS[args.memory_setting]
+    agent = make_agent(args, **setting)
+    policy = agent.model.policy
+    built = peak_rss_gib()
+    start, cpu = time.perf_counter(), time.process_time()
+    agent.learn(1, callback=lambda a, m: a.iterations < args.iterations)
+    record = {
+        "setting": args.memory_setting,
+        "parameters": sum(p.numel() for p in policy.parameters()),
+        "trained": sum(p.numel() for p in agent.trainable_parameters()),
+        "weights_gib": weights_gib(policy, agent.env.unwrapped.reference),  # type: ignore[attr-defined]
+        "peak_gib_built": built,
+        "peak_gib_trained": peak_rss_gib(),
+        "iterations": agent.iterations,
+        "tokens": agent.num_timesteps,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+        "load": os.getloadavg()[0],
+    }
+    if args.device.startswith("cuda"):
+        record["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(record))
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Every setting of ``--memory`` in a fresh process (peak memory is per process), then a table."""
+    rows = []
+    for name in MEMORY_SETTINGS:
+        command = [sys.executable, __file__, "--memory-setting", name, "--num-envs", str(args.num_envs)]
+        command += [
+            "--iterations",
+            str(args.iterations),
+            "--threads",
+            str(args.threads),
+            "--lora",
+            str(args.lora),
+        ]
+        command += ["--device", args.device, "--mixed-precision", args.mixed_precision]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(json.dumps(rows[-1]), flush=True)
+    print(
+        f"\nPPO on the default task, 124M-shaped policy, batch {args.num_envs}, "
+        f"{args.iterations} iteration(s), {args.threads} threads, device {args.device}, "
+        f"mixed precision {args.mixed_precision}, LoRA rank {args.lora}"
+    )
+    gpu = args.device.startswith("cuda")
+    print(
+        "| setting | trained parameters | weights (GiB) | peak RSS built (GiB) | peak RSS trained (GiB) |"
+        + (" peak GPU memory (GiB) |" if gpu else "")
+        + " s / iteration | CPU s / iteration |"
+    )
+    print("|---|---|---|---|---|" + ("---|" if gpu else "") + "---|---|")
+    for r in rows:
+        n = r["iterations"]
+        print(
+            f"| {r['setting']} | {r['trained'] / 1e6:.2f}M of {r['parameters'] / 1e6:.1f}M | "
+            f"{r['weights_gib']:.2f} | "
+            f"{r['peak_gib_built']:.2f} | {r['peak_gib_trained']:.2f} |"
+            + (f" {r['cuda_peak_gib']:.2f} |" if gpu else "")
+            + f" {r['seconds'] / n:.0f} | {r['cpu_seconds'] / n:.0f} |"
+        )
+    print(f"load average {min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}")
 
 
 def main() -> None:
@@ -116,25 +237,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=2, help="PPO iterations for the memory figure")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--memory", action="store_true", help="peak memory with and without LoRA")
+    parser.add_argument("--memory-setting", choices=tuple(MEMORY_SETTINGS), help=argparse.SUPPRESS)
+    parser.add_argument("--lora", type=int, default=8, help="LoRA rank of --memory")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    task = tasks.load("reviews")
-    tokenizer = load_tokenizer(task.assets / "policy")
-    policy = build_policy(tokenizer)
-    reference = copy.deepcopy(policy).requires_grad_(False)
+    if args.memory_setting:
+        return memory_run(args)
+    if args.memory:
+        return memory(args)
+    agent = make_agent(args)
+    env = agent.env
+    policy = agent.model.policy
+    reference = env.unwrapped.reference  # type: ignore[attr-defined]
+    tokenizer = env.unwrapped.tokenizer  # type: ignore[attr-defined]
     params = sum(p.numel() for p in policy.parameters())
-    env = gym.make_vec(
-        "TextRLHF-v0",
-        num_envs=args.num_envs,
-        vectorization_mode="vector_entry_point",
-        task="reviews",
-        policy=policy,
-        reference=reference,
-        tokenizer=tokenizer,
-        kl_coef=0.2,
-        kl_target=6.0,
-    )
-    agent = PPO(env, seed=0, num_minibatches=max(1, args.num_envs // 16))
     engine = env.unwrapped.engine  # type: ignore[attr-defined]
     max_new, temperature = engine.max_new_tokens, engine.temperature
     print(
@@ -142,11 +261,16 @@ def main() -> None:
         f"{args.threads} threads"
     )
 
-    variants = ("rollout", "generate", "generate+score")
+    variants = ("rollout", "sampling", "generate", "generate+score")
     timings: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
     reward = engine.reward_model
+    rollout, wall, cpu_s, tokens = None, 0.0, 0.0, 0
     for repeat in range(args.repeats + 1):  # the first round warms up
         for name in variants:
+            if name == "sampling":  # measured within the rollout just timed
+                if repeat > 0 and rollout is not None:
+                    timings[name].append((wall - rollout.env_seconds, cpu_s, tokens))
+                continue
             cpu, start = time.process_time(), time.perf_counter()
             if name == "rollout":
                 rollout = agent.collect_rollout()
@@ -161,15 +285,20 @@ def main() -> None:
             print(
                 f"  {name:<15} {tokens:>6} tokens in {wall:6.2f} s ({cpu_s:6.2f} CPU s): "
                 f"{tokens / wall:7.1f} tok/s"
+                + (f"; {rollout.env_seconds:.2f} s of it in the env" if rollout and name == "rollout" else "")
             )
     rates = {name: statistics.median(t / w for w, _, t in rows) for name, rows in timings.items()}
     cpu_rates = {name: statistics.median(t / c for _, c, t in rows) for name, rows in timings.items()}
     print(f"\nmedians of {args.repeats} (load average {os.getloadavg()[0]:.1f}):")
     for name in variants:
-        print(
-            f"  {name:<15} {rates[name]:7.1f} tok/s; rollout / {name}: {rates['rollout'] / rates[name]:.2f} "
-            f"(per CPU second {cpu_rates['rollout'] / cpu_rates[name]:.2f})"
+        per_cpu = (
+            "" if name == "sampling" else f" (per CPU second {cpu_rates['rollout'] / cpu_rates[name]:.2f})"
         )
+        print(
+            f"  {name:<15} {rates[name]:7.1f} tok/s; rollout / {name}: {rates['rollout'] / rates[name]:.2f}"
+            + per_cpu
+        )
+    print(f"  sampling / generate: {rates['sampling'] / rates['generate']:.2f} (wall)")
     before = peak_rss_gib()
     start = time.perf_counter()
     agent.learn(1, callback=lambda a, m: a.iterations < args.iterations)

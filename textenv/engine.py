@@ -92,10 +92,10 @@ class RLHFEngine:
         self.kl_estimator = get_estimator(config.kl_estimator)
         self.kl_placement: KLPlacement = kl_placement
         self.kl_ctl = AdaptiveKLController(config.kl_coef, config.kl_target, config.kl_horizon)
-        # hold_kl_coef: beta stays still and the finished episodes' KL is summed here instead, for a caller
-        # that moves beta itself (data-parallel training: once per rollout with the KL of every rank)
+        # hold_kl_coef: beta stays still and each finished batch's (mean KL, episodes) is kept here instead,
+        # for a caller that moves beta itself (data-parallel training: after the rollout, with every rank's)
         self.hold_kl_coef = False
-        self.held_kl = [0.0, 0]  # sum of the per-sequence KLs, number of episodes
+        self.held_kl: list[tuple[float, int]] = []
 
         # models: the policy is shared with the agent (never copied); the reference is frozen
         first = policy if policy is not None else reference
@@ -359,8 +359,7 @@ class RLHFEngine:
                 sums = np.array([lr.sum() for lr in finished.ref_logprobs])
                 rewards[terminated] = finished.score + beta * sums
             if finished.kl is not None and self.hold_kl_coef:
-                self.held_kl[0] += float(finished.kl.sum())
-                self.held_kl[1] += len(finished.slots)
+                self.held_kl.append((float(finished.kl.mean()), len(finished.slots)))
             elif finished.kl is not None:
                 self.kl_ctl.update(float(finished.kl.mean()), len(finished.slots))
         return StepResult(rewards, terminated, finished, token_lp, token_lr, token_kl)
@@ -509,17 +508,18 @@ class EngineEnv:
 
     def hold_kl_coef(self, hold: bool = True) -> None:
         """Keep beta still while episodes finish (``hold=False``: adapt it again after every finished batch,
-        the default). Held, the env sums the finished episodes' KL instead (:meth:`take_held_kl`), for a
-        caller that moves beta itself: data-parallel training moves it once per rollout with the KL of the
-        episodes of every rank (:meth:`update_kl_coef`), so that every rank pays the same beta."""
+        the default). Held, the env keeps each finished batch's mean KL and size instead
+        (:meth:`take_held_kl`), for a caller that moves beta itself: data-parallel training applies, after
+        each rollout, the controller's update for every batch that finished on any rank
+        (:meth:`update_kl_coef`; the updates are products, so their order does not matter), and every rank
+        pays the same beta."""
         self.engine.hold_kl_coef = bool(hold)
 
-    def take_held_kl(self) -> tuple[float, int]:
-        """``(sum of per-sequence KLs, episodes)`` of the episodes that finished while beta was held, since
-        the last call; resets the sums."""
-        total, count = self.engine.held_kl
-        self.engine.held_kl = [0.0, 0]
-        return float(total), int(count)
+    def take_held_kl(self) -> list[tuple[float, int]]:
+        """``(mean per-sequence KL, episodes)`` of each batch of episodes that finished while beta was held,
+        since the last call (which empties the list)."""
+        held, self.engine.held_kl = self.engine.held_kl, []
+        return held
 
     def update_kl_coef(self, mean_kl: float, n_episodes: int) -> float:
         """Move beta by the adaptive controller's rule after ``n_episodes`` episodes of mean KL ``mean_kl``

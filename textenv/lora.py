@@ -13,6 +13,7 @@ peft model gets the same reference. peft is an optional dependency: ``pip instal
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,9 +68,15 @@ def add_lora(model: nn.Module, spec: Any) -> Any:
     model whose base weights are frozen and whose adapters start at zero (the policy starts as the base)."""
     peft = _peft()
     settings = lora_settings(spec)
+    from transformers.pytorch_utils import Conv1D
+
+    if "fan_in_fan_out" not in settings and any(isinstance(m, Conv1D) for m in model.modules()):
+        settings["fan_in_fan_out"] = True  # GPT-2's layers store their weights transposed
     config = peft.LoraConfig(task_type="CAUSAL_LM", **settings)
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft's deprecation notices about transformers' API, not ours
+            warnings.simplefilter("ignore", FutureWarning)
+            return peft.get_peft_model(model, config)
     except ValueError as error:
         raise ValueError(
             f"cannot add LoRA adapters to {type(model).__name__} with {settings}: {error}. Name the layers "

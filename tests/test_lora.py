@@ -1,0 +1,198 @@
+"""Memory: LoRA policies whose reference is the adapters switched off; gradient checkpointing; autocast."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import pytest
+import torch
+
+from agents import PPO, REINFORCE
+from agents.rollout import collect
+from agents.train import main
+from textenv import toy
+from textenv.lora import AdaptersOff, is_peft_model, lora_settings
+from textenv.models import frozen_copy
+
+pytest.importorskip("peft")
+
+
+def perturb_adapters(policy: torch.nn.Module, seed: int = 0) -> None:
+    """LoRA's B starts at zero (the policy starts as its base): give the adapters weights, as training
+    would."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def rollout_of(env, seed: int = 0):
+    agent = REINFORCE(env, seed=0, baseline="moving_average")
+    return collect(env, agent.model, generator=torch.Generator().manual_seed(seed), seed=seed)
+
+
+@pytest.mark.parametrize("placement", ["terminal", "per_token"])
+def test_the_shared_reference_gives_the_kl_of_a_separate_frozen_copy(make_vec, tokenizer, placement):
+    base = toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5)
+    separate = frozen_copy(base)  # the reference as it would be without LoRA: a second copy of the base
+    shared = make_vec(8, policy=base, reference=None, lora=4, kl_placement=placement)
+    policy = shared.unwrapped.policy
+    assert is_peft_model(policy) and isinstance(shared.unwrapped.reference, AdaptersOff)
+    perturb_adapters(policy)
+    apart = make_vec(8, policy=policy, reference=separate, kl_placement=placement)
+
+    a, b = rollout_of(shared), rollout_of(apart)
+    assert torch.equal(a.response_ids, b.response_ids)  # the same policy drew the same tokens
+    assert a.kl.abs().mean() > 0.1  # the adapters moved the policy: the KL is not trivially zero
+    torch.testing.assert_close(a.kl, b.kl, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a.ref_logprobs, b.ref_logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=1e-5)
+    # and the adapters are on again after the reference's passes
+    ids = a.input_ids[:2]
+    with torch.no_grad():
+        on = policy(input_ids=ids).logits
+        off = separate(input_ids=ids).logits
+    assert (on - off).abs().max() > 1e-3
+
+
+def test_one_copy_of_the_weights_serves_policy_and_reference(make_vec, tokenizer):
+    base = toy.toy_causal_lm(tokenizer, seed=1)
+    base_size = sum(p.numel() for p in base.parameters())
+    env = make_vec(4, policy=base, reference=None, lora=4)
+    policy, reference = env.unwrapped.policy, env.unwrapped.reference
+    storages = {p.data_ptr() for p in policy.parameters()}
+    assert {p.data_ptr() for p in reference.parameters()} <= storages
+    adapters = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    assert 0 < adapters < base_size / 4
+    assert sum(p.numel() for p in policy.parameters()) == base_size + adapters
+    full = make_vec(4, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None)
+    copies = [full.unwrapped.policy, full.unwrapped.reference]
+    assert sum(p.numel() for m in copies for p in m.parameters()) == 2 * base_size
+    # freezing "the reference" leaves the adapters trainable
+    reference.requires_grad_(False)
+    assert sum(p.numel() for p in policy.parameters() if p.requires_grad) == adapters
+
+
+def test_a_lora_agent_trains_the_adapters_only_and_resumes_exactly(make_vec, tokenizer, tmp_path):
+    def fresh_env():
+        return make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, lora=4)
+
+    env = fresh_env()
+    base_before = copy.deepcopy(env.unwrapped.policy.get_base_model().state_dict())
+    agent = PPO(env, seed=3, num_minibatches=2, learning_rate=1e-2)
+    agent.learn(1)
+    state = env.unwrapped.policy.get_base_model().state_dict()
+    frozen = {k for k in base_before if "lora_" not in k and "base_layer" not in k} | {
+        k for k in base_before if "base_layer" in k
+    }
+    assert all(torch.equal(base_before[k], state[k]) for k in frozen)
+    moved = [k for k in base_before if "lora_B" in k and not torch.equal(base_before[k], state[k])]
+    assert moved  # the adapters learned
+
+    agent.save(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "policy" / "adapter_config.json").is_file()
+    assert not (tmp_path / "ckpt" / "policy" / "model.safetensors").exists()  # no copy of the base
+    agent.learn(1)
+    resumed = PPO.load(tmp_path / "ckpt", fresh_env())
+    resumed.learn(1)
+    a = agent.model.policy.state_dict()
+    b = resumed.model.policy.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert agent.env.unwrapped.kl_coef == resumed.env.unwrapped.kl_coef
+
+
+def test_lora_settings_are_checked(make_vec, monkeypatch):
+    assert lora_settings(4)["r"] == 4 and lora_settings(4)["lora_alpha"] == 8
+    assert lora_settings({"r": 2, "lora_alpha": 3})["lora_alpha"] == 3
+    with pytest.raises(TypeError, match="lora must be a rank"):
+        make_vec(2, lora="eight")
+    with pytest.raises(ValueError, match="rank must be an int >= 1"):
+        make_vec(2, lora=0)
+    with pytest.raises(ValueError, match="no_such_layer"):
+        make_vec(2, lora={"r": 2, "target_modules": ["no_such_layer"]})
+    with pytest.raises(ValueError, match="critic='separate'"):
+        PPO(make_vec(2, reference=None, lora=2), critic="separate")
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if peft were not installed
+    with pytest.raises(ImportError, match=r"textenv\[lora\]"):
+        make_vec(2, lora=2)
+
+
+@pytest.mark.slow
+def test_the_training_command_trains_lora_and_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    tiny = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "1", "--save-every", "1", "--quiet"]
+    main(["--lora", "4", "--timesteps", "150", "--run-dir", str(run), *tiny])
+    out = capsys.readouterr().out
+    assert "trained" in out
+    assert (run / "checkpoint" / "policy" / "adapter_config.json").is_file()
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert config["config"]["env_kwargs"]["lora"] == 4
+    main(["--resume", str(run), "--timesteps", "300", *tiny[2:]])
+    state = json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))
+    assert state["num_timesteps"] >= 300
+
+
+# ------------------------------------------------------------------------------ gradient checkpointing
+def _gradients(make_vec, tokenizer, checkpointing: bool) -> tuple[dict[str, torch.Tensor], int, int]:
+    """The update's gradients, the tensors its forward pass kept for backward, and how often a layer inside
+    the first block ran (transformers keeps the block's own hooks outside the checkpoint)."""
+    policy = toy.toy_causal_lm(tokenizer, seed=1)
+    env = make_vec(8, policy=policy)
+    agent = PPO(env, seed=0, gradient_checkpointing=checkpointing)
+    rollout = agent.collect_rollout()
+    calls, kept = 0, 0
+
+    def count(*args):
+        nonlocal calls
+        calls += 1
+
+    def pack(tensor):
+        nonlocal kept
+        kept += 1
+        return tensor
+
+    policy.transformer.h[0].mlp.c_fc.register_forward_hook(count)
+    agent.update_mode()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logprobs, values, _ = agent.model.evaluate(rollout.input_ids, rollout.attention_mask, 6)
+    (logprobs.sum() + values.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+    return grads, kept, calls
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(make_vec, tokenizer):
+    plain, plain_kept, plain_calls = _gradients(make_vec, tokenizer, False)
+    saved, saved_kept, saved_calls = _gradients(make_vec, tokenizer, True)
+    assert saved_kept < plain_kept / 2  # the blocks' activations are not kept for the backward pass...
+    assert plain_calls == 1 and saved_calls == 2  # ...but computed again in it
+    assert plain.keys() == saved.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], saved[name], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ mixed precision
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_autocasts_the_passes_and_keeps_log_probs_in_float32(make_vec, tokenizer, precision):
+    def run(setting: str):
+        env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1))
+        agent = PPO(env, seed=0, mixed_precision=setting, num_minibatches=2)
+        agent.learn(1)
+        return agent
+
+    full, mixed = run("no"), run(precision)
+    a, b = full.last_rollout, mixed.last_rollout
+    assert a is not None and b is not None
+    assert b.logprobs.dtype == b.ref_logprobs.dtype == b.kl.dtype == torch.float32
+    assert all(torch.isfinite(torch.tensor(v)) for v in mixed.history[-1].values())
+    # the same tokens' log-probs, computed in lower precision: close, and not identical
+    same = a.response_ids == b.response_ids
+    first = same[:, 0]
+    diff = (a.sampler_logprobs[:, 0] - b.sampler_logprobs[:, 0])[first].abs()
+    assert first.any() and 0 < diff.max() < 0.1
+    if precision == "fp16":
+        assert mixed.grad_scaler is not None and mixed.grad_scaler.get_scale() > 0
+    with pytest.raises(ValueError, match="mixed_precision must be one of"):
+        PPO(make_vec(2), mixed_precision="fp8")
