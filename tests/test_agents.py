@@ -29,7 +29,7 @@ AGENTS: dict[str, tuple[type[Agent], dict[str, Any]]] = {
         {"epsilon": 0.2, "epsilon_final": 0.0, "exploration": "reference_top_k", "exploration_top_k": 3},
     ),
 }
-TIMING = ("charts/rollout_seconds", "charts/update_seconds", "charts/tokens_per_second")
+TIMING = ("charts/rollout_seconds", "charts/env_seconds", "charts/update_seconds", "charts/tokens_per_second")
 
 
 def train(agent: Agent, iterations: int) -> Agent:
