@@ -8,6 +8,8 @@ changed.
     python -m agents.train --config run.yaml --learning-rate 3e-4   # settings from a file; flags win
     python -m agents.train --resume runs/rf1 --timesteps 300000   # continue a run to a new total
     python -m agents.train --help                       # every setting of every agent
+    torchrun --nproc_per_node 2 -m agents.train         # data-parallel: 2 processes share the batch
+    python -m agents.train --lora 8 --gradient-checkpointing true --mixed-precision bf16 --device cuda
 
 The parts: ``--task`` (a task of the suite, which fills in whatever is not given), ``--policy``,
 ``--reference``, ``--tokenizer`` (a local directory or a hub name), ``--reward-model`` (a directory, a hub
