@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM
 
 from agents import distributed
 from agents.callbacks import CallbackLike, make_callback
-from agents.core import sample_tokens
+from agents.core import masked_whiten, sample_tokens
 from agents.policy import ActorCritic, Critic
 from agents.rollout import Exploration, Rollout, collect, constants_of
 from textenv.atomic import atomic_folder, verify_manifest
@@ -298,6 +298,27 @@ class Agent:
     def reduce_mean(self, value: float) -> float:
         """``value`` averaged over the ranks of a data-parallel run (itself in one process)."""
         return value if self.world_size == 1 else distributed.all_reduce_mean([value])[0]
+
+    def whiten(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:func:`~agents.core.masked_whiten` over the global batch: in a data-parallel run the mean and the
+        (Bessel-corrected) variance are those of every rank's masked entries, as one process holding the
+        whole batch computes them."""
+        if self.world_size == 1:
+            return masked_whiten(values, mask)
+        count, total = distributed.all_reduce_sum([float(mask.sum()), float((values * mask).sum())])
+        mean = total / max(count, 1.0)
+        (squares,) = distributed.all_reduce_sum([float(((values - mean) ** 2 * mask).sum())])
+        var = squares / (count - 1) if count > 1 else squares / max(count, 1.0)
+        return masked_whiten(values, mask, moments=(mean, var))
+
+    def batch_std(self, values: torch.Tensor) -> float:
+        """The (Bessel-corrected) standard deviation of ``values`` over every rank's entries."""
+        if self.world_size == 1:
+            return float(values.std())
+        count, total = distributed.all_reduce_sum([float(values.numel()), float(values.sum())])
+        mean = total / max(count, 1.0)
+        (squares,) = distributed.all_reduce_sum([float(((values - mean) ** 2).sum())])
+        return (squares / max(count - 1, 1.0)) ** 0.5
 
     # ------------------------------------------------------------------ training
     def collect_rollout(self) -> Rollout:

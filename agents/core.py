@@ -31,13 +31,22 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    shift_mean: bool = True,
+    eps: float = 1e-8,
+    moments: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Scale ``values`` to unit variance over the masked entries (and zero mean with ``shift_mean``).
 
-    Entries outside the mask are returned as 0, so that they can never leak into a loss.
+    ``moments``: the ``(mean, variance)`` to use instead of those of ``values`` (a data-parallel run passes
+    those of the global batch). Entries outside the mask are returned as 0, so that they can never leak into
+    a loss.
     """
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    if moments is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        mean, var = torch.tensor(moments[0]).to(values), torch.tensor(moments[1]).to(values)
     whitened = (values - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         whitened = whitened + mean

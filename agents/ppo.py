@@ -34,7 +34,7 @@ import gymnasium as gym
 import torch
 
 from agents.base import Agent, AgentConfig, option, register_agent
-from agents.core import clipped_surrogate, gae, log_mixture, masked_mean, masked_var, masked_whiten
+from agents.core import clipped_surrogate, gae, log_mixture, masked_mean, masked_var
 from agents.ptx import PretrainingText, lm_loss, pretraining_texts
 from agents.rollout import Rollout
 
@@ -115,7 +115,7 @@ class PPO(Agent):
         old_values = rollout.values.to(dev)
         advantages, returns = gae(rollout.rewards.to(dev), old_values, mask, c.gamma, c.lam)
         if c.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            advantages = self.whiten(advantages, mask)  # over the global batch
 
         batch = rollout.num_episodes
         size = max(1, batch // c.num_minibatches)

@@ -112,7 +112,7 @@ class REINFORCE(Agent):
             self.moving_baseline = c.baseline_decay * b + (1 - c.baseline_decay) * mean
         advantages = returns - baseline
         if c.normalize_advantages:
-            advantages = advantages / (advantages.std() + 1e-8)
+            advantages = advantages / (self.batch_std(advantages) + 1e-8)  # over every rank's
 
         self.update_mode()  # no dropout, as in the rollout
         input_ids, attention_mask = rollout.input_ids.to(dev), rollout.attention_mask.to(dev)

@@ -5,7 +5,9 @@ after the second, then loads that checkpoint into a new agent in the same launch
 iteration again. After every update it records what the test compares across ranks and between the two
 third iterations: a digest of the weights and of the optimizer's state, beta, the episodes this rank
 played, the episodes the metrics count, and a digest of the RNG states. Rank 0's callback stops training
-after three iterations; rank 1's never does (the stop must reach it). Writes ``OUT/rank{RANK}.json``.
+after three iterations; rank 1's never does (the stop must reach it). Last, each rank whitens a share of
+made-up advantages of its own, for a comparison with one process whitening them all. Writes
+``OUT/rank{RANK}.json``.
 """
 
 from __future__ import annotations
@@ -83,7 +85,24 @@ def main(out: Path) -> None:
 
     loaded = PPO.load(checkpoint, "TextRLHF-v0")
     loaded.learn(10**9, callback=again)
-    result = {"rank": rank, "world_size": distributed.world_size(), "first": first, "resumed": resumed}
+
+    # advantage statistics over the global batch: each rank whitens its own (ragged) share
+    g = torch.Generator().manual_seed(100 + rank)
+    values = torch.randn(3 + rank, 5, generator=g) * (1 + rank) + rank
+    mask = (torch.rand(3 + rank, 5, generator=g) < 0.7).float()
+    statistics = {
+        "values": values.tolist(),
+        "mask": mask.tolist(),
+        "whitened": agent.whiten(values, mask).tolist(),
+        "std": agent.batch_std(values[:, 0]),
+    }
+    result = {
+        "rank": rank,
+        "world_size": distributed.world_size(),
+        "first": first,
+        "resumed": resumed,
+        "statistics": statistics,
+    }
     (out / f"rank{rank}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     distributed.shutdown()
 

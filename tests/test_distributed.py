@@ -90,6 +90,24 @@ def test_a_checkpoint_resumes_bit_exactly_in_the_same_launch_setting(ranks: list
             assert third[key] == original[key], key
 
 
+def test_advantages_are_whitened_over_the_global_batch(ranks: list[dict[str, Any]]) -> None:
+    """Each rank's whitened share equals the same rows of one process whitening every rank's rows."""
+    from agents.core import masked_whiten
+
+    shares = [r["statistics"] for r in ranks]
+    values = torch.cat([torch.tensor(s["values"]) for s in shares])
+    mask = torch.cat([torch.tensor(s["mask"]) for s in shares])
+    whole = masked_whiten(values, mask)
+    ranked = torch.cat([torch.tensor(s["whitened"]) for s in shares])
+    torch.testing.assert_close(ranked, whole, atol=1e-5, rtol=1e-5)
+    # each share on its own is whitened otherwise (the ranks' values differ in scale and offset)
+    alone = masked_whiten(torch.tensor(shares[1]["values"]), torch.tensor(shares[1]["mask"]))
+    assert (alone - torch.tensor(shares[1]["whitened"])).abs().max() > 0.1
+    first_column = values[:, 0]
+    for share in shares:
+        assert share["std"] == pytest.approx(float(first_column.std()), rel=1e-5)
+
+
 def test_one_process_agent_is_rank_zero_of_one() -> None:
     assert not distributed.active()
     assert (distributed.rank(), distributed.world_size()) == (0, 1)
