@@ -158,6 +158,7 @@ def test_log_probs_offered_by_the_agents_sampler_give_the_teacher_forced_kl(make
             seed=11,
             exploration=agent.exploration(),
             reference=env.unwrapped.reference,
+            whole_episodes=False,  # stepped token by token (tests/test_whole_episodes.py: the other way)
         )
         hook.remove()
         return rollout, len(calls)

@@ -53,6 +53,17 @@ class Finished:
 
 
 @dataclass
+class Played:
+    """Whole episodes played by :meth:`RLHFEngine.play`: each slot's episode, what its steps returned."""
+
+    slots: np.ndarray  # (n,) slot indices
+    lengths: np.ndarray  # (n,) response tokens of each episode (the EOS included)
+    rewards: np.ndarray  # (n,) reward of each episode's last step (every other step returned 0)
+    kl_coef: np.ndarray  # (n,) beta each episode was charged (beta moves between the steps that end some)
+    finished: Finished  # what the terminal infos report; its kl_coef is the last group's
+
+
+@dataclass
 class StepResult:
     rewards: np.ndarray  # (n,) float64, one per stepped slot
     terminated: np.ndarray  # (n,) bool
@@ -363,6 +374,69 @@ class RLHFEngine:
             elif finished.kl is not None:
                 self.kl_ctl.update(float(finished.kl.mean()), len(finished.slots))
         return StepResult(rewards, terminated, finished, token_lp, token_lr, token_kl)
+
+    def play(self, slots: np.ndarray, actions: np.ndarray, offered: np.ndarray | None = None) -> Played:
+        """Play whole episodes: what stepping the fresh episodes of ``slots`` (n,) through the columns of
+        ``actions`` (n, C) until each has ended would do, with the finished episodes scored in one batched
+        pass instead of one pass per step that ends some (``kl_placement="terminal"`` only).
+
+        An episode ends at its first EOS or after ``max_new_tokens`` tokens; the tokens after that are not
+        read. Beta moves as it would between those steps: the episodes that end on one step are charged the
+        same beta, then the controller takes their mean KL, step by step (or keeps it, held). ``offered``
+        (n, C): the sampler's ``log pi`` of each token (see :meth:`offer_policy_logprobs`), or None. Nothing
+        changes when scoring fails.
+        """
+        if self.kl_placement != "terminal":
+            raise ValueError("play() scores whole episodes: kl_placement='terminal' only (step per_token)")
+        assert self.active[slots].all(), "play on a slot without a running episode"
+        if (self.response_length[slots] != 0).any():
+            raise ValueError("play() plays whole episodes: reset the slots first (no token stepped yet)")
+        n, columns = actions.shape
+        P, T = self.max_prompt_tokens, self.max_new_tokens
+        if columns > T:
+            raise ValueError(f"actions has {columns} columns; an episode has at most max_new_tokens={T}")
+        ends = np.full(n, columns, dtype=np.int64) if columns == T else np.zeros(n, dtype=np.int64)
+        if self.eos_token_id is not None:
+            is_eos = actions == self.eos_token_id
+            first = np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, ends)
+            ends = first
+        if (ends == 0).any():
+            raise ValueError(
+                f"{int((ends == 0).sum())} episode(s) have neither an EOS nor max_new_tokens={T} tokens in "
+                f"the {columns} columns given"
+            )
+        lengths = ends
+        within = np.arange(columns)[None, :] < lengths[:, None]  # (n, C)
+        self.input_ids[slots, P : P + columns] = np.where(within, actions, self.pad_token_id)
+        self.attention_mask[slots, P : P + columns] = within
+        self._offered[slots, :columns] = np.nan if offered is None else np.where(within, offered, np.nan)
+        try:
+            finished = self._finish(slots, lengths, self.kl_ctl.value)
+        except BaseException:
+            self.input_ids[slots, P:] = self.pad_token_id
+            self.attention_mask[slots, P:] = 0
+            self._offered[slots] = np.nan
+            raise
+        self.response_length[slots] = lengths
+        self.active[slots] = False
+        rewards = np.zeros(n, dtype=np.float64)
+        betas = np.zeros(n, dtype=np.float64)
+        for length in np.unique(lengths).tolist():  # the steps that end episodes, in order
+            group = lengths == length
+            beta = self.kl_ctl.value
+            betas[group] = beta
+            if finished.kl is not None:
+                rewards[group] = finished.score[group] - beta * finished.kl[group]
+                mean_kl, count = float(finished.kl[group].mean()), int(group.sum())
+                if self.hold_kl_coef:
+                    self.held_kl.append((mean_kl, count))
+                else:
+                    self.kl_ctl.update(mean_kl, count)
+            else:
+                sums = np.array([lr.sum() for lr, g in zip(finished.ref_logprobs, group, strict=True) if g])
+                rewards[group] = finished.score[group] + beta * sums
+        finished.kl_coef = float(betas[lengths == lengths.max()][0])
+        return Played(slots=slots, lengths=lengths, rewards=rewards, kl_coef=betas, finished=finished)
 
     def _finish(self, slots: np.ndarray, lengths: np.ndarray, beta: float) -> Finished:
         """Score episodes that end now: log-probs, KL and the reward model, batched; changes no state."""

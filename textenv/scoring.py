@@ -182,12 +182,19 @@ class IncrementalLogprobs:
 
     def advance(self, slots: torch.Tensor, tokens: torch.Tensor) -> None:
         """Append ``tokens`` to the sequences of ``slots``; other slots get a masked column."""
+        live = torch.zeros(self.num_slots, dtype=torch.bool, device=self.device)
+        live[slots] = True
+        every = torch.full((self.num_slots,), self.pad_token_id, dtype=torch.long, device=self.device)
+        every[slots] = tokens
+        self.advance_where(live, every)
+
+    def advance_where(self, live: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Append ``tokens[i]`` to slot ``i`` where ``live`` (num_slots,) is true; the other slots get a
+        masked column and keep their next-token values. No index leaves the device: a sampler on a GPU
+        calls this every token without waiting for the host."""
         assert self.cache is not None, "prefill before advance"
-        ids = torch.full((self.num_slots, 1), self.pad_token_id, dtype=torch.long, device=self.device)
-        ids[slots, 0] = tokens
-        column = torch.zeros(self.num_slots, 1, dtype=torch.long, device=self.device)
-        column[slots] = 1
-        self.mask = torch.cat([self.mask, column], dim=1)  # (N, C + 1)
+        ids = torch.where(live, tokens, self.pad_token_id)[:, None]  # (N, 1)
+        self.mask = torch.cat([self.mask, live.long()[:, None]], dim=1)  # (N, C + 1)
         out = self.model(
             input_ids=ids,
             attention_mask=self.mask,
@@ -197,10 +204,12 @@ class IncrementalLogprobs:
             output_hidden_states=self.output_hidden,
         )
         self.cache = out.past_key_values
-        self.next_logprobs[slots] = (out.logits[slots, -1].float() / self.temperature).log_softmax(-1)
+        logprobs = (out.logits[:, -1].float() / self.temperature).log_softmax(-1)
+        self.next_logprobs = torch.where(live[:, None], logprobs, self.next_logprobs)
         if self.output_hidden:
-            self.next_hidden[slots] = out.hidden_states[-1][slots, -1].float()
-        self.next_position[slots] += 1
+            hidden = out.hidden_states[-1][:, -1].float()
+            self.next_hidden = torch.where(live[:, None], hidden, self.next_hidden)
+        self.next_position += live.long()
         if self.mask.shape[1] > self.max_columns:
             self._map(lambda kv: kv[:, :, -self.max_columns :])
             self.mask = self.mask[:, -self.max_columns :]

@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.config import RENDER_MODES, EnvConfig, check_int, check_options, check_prompts, check_seed
-from textenv.engine import EngineEnv, slot_info
+from textenv.engine import EngineEnv, StepResult, slot_info
 from textenv.prompts import Prompt
 
 
@@ -213,6 +213,57 @@ class TextRLHFVectorEnv(EngineEnv, VectorEnv):
         truncated = np.zeros(self.num_envs, dtype=bool)
         infos = merge_infos(per_slot, self.num_envs)
         return self.engine.observation(slice(None)), rewards, terminated, truncated, infos
+
+    def play(self, actions: Any, logprobs: Any = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Play the episodes started by the last ``reset`` to their ends in one call: the same as stepping
+        column ``t`` of ``actions`` (num_envs, C) at step ``t`` until every episode has ended, with the
+        finished episodes scored in one batched pass rather than one per step that ends some (a sampler
+        that draws whole responses first, on its device, hands them over at once: one host copy per
+        rollout, not one per token). ``kl_placement="terminal"`` only.
+
+        An episode ends at its first EOS or its ``max_new_tokens``-th token; later columns are ignored, and
+        every episode must end within the ``C`` columns. Beta moves between the steps that end episodes as
+        it would when stepped. ``logprobs`` (num_envs, C): the sampler's ``log pi`` of each token, as
+        :meth:`offer_policy_logprobs` takes them (the policy's scoring pass is then skipped), or None.
+
+        Returns ``rewards`` (num_envs, C) and ``terminated`` (num_envs, C), what each step would have
+        returned (zero and False after an episode's end), and the terminal ``infos`` batched over slots as
+        ``step`` batches them (``kl_coef`` per slot). Afterwards every slot has ended, as after its terminal
+        step: the next ``step`` autoresets them, and ``reset`` starts new episodes.
+        """
+        if not self._started:
+            raise ResetNeeded("play() called before reset(); call reset() first")
+        if self._autoreset.any() or (self.engine.response_length != 0).any():
+            raise ValueError("play() plays whole episodes: call reset() first (no step since)")
+        array = np.asarray(actions)
+        if array.ndim != 2 or array.shape[0] != self.num_envs:
+            raise ValueError(f"actions must have shape ({self.num_envs}, C), got {array.shape}")
+        rows, columns = array.shape
+        checked = self.engine.check_actions(array.reshape(-1), array.size).reshape(rows, columns)
+        offered = None
+        if logprobs is not None:
+            offered = np.asarray(logprobs, dtype=np.float64)
+            if offered.shape != checked.shape:
+                raise ValueError(
+                    f"logprobs must have the shape of actions {checked.shape}, got {offered.shape}"
+                )
+        slots = np.arange(self.num_envs)
+        played = self.engine.play(slots, checked, offered)
+        last = played.lengths - 1
+        rewards = np.zeros((self.num_envs, columns), dtype=np.float64)
+        terminated = np.zeros((self.num_envs, columns), dtype=bool)
+        rewards[slots, last] = played.rewards
+        terminated[slots, last] = True
+        result = StepResult(
+            played.rewards, np.ones(self.num_envs, dtype=bool), played.finished, None, None, None
+        )
+        per_slot = []
+        for i in range(self.num_envs):
+            info = slot_info(result, i)
+            info["kl_coef"] = float(played.kl_coef[i])
+            per_slot.append((i, info))
+        self._autoreset[:] = True
+        return rewards, terminated, merge_infos(per_slot, self.num_envs)
 
     def render(self) -> tuple[str, ...] | None:
         if self.render_mode == "ansi":

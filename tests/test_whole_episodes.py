@@ -1,0 +1,201 @@
+"""Whole episodes at once: ``env.play`` and the agents' sample-then-play rollout.
+
+``TextRLHFVectorEnv.play(actions)`` must give what stepping the same columns gives (rewards, terminal
+infos, beta and its held updates), scored in one batched pass; the agents' default rollout, which samples
+every response on the device first and then calls ``play``, must give the rollout of stepping token by
+token.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.error import InvalidAction, ResetNeeded
+
+from agents import GRPO, PPO, EpsilonGreedyPPO
+from agents.rollout import collect, plays_whole_episodes
+from textenv.errors import RewardModelError
+
+TERMINAL_KEYS = ("score", "kl", "kl_coef", "logprobs", "ref_logprobs", "response", "prompt")
+
+
+def _token_matrix(tokenizer, n: int, columns: int) -> np.ndarray:
+    """Responses that end at different steps: row i has its EOS at column i (the last rows none)."""
+    rng = np.random.default_rng(0)
+    words = [tokenizer(w)["input_ids"][0] for w in (" good", " bad", " the", " great", " film")]
+    actions = rng.choice(words, size=(n, columns))
+    for i in range(n):
+        if i < columns - 1:
+            actions[i, i] = tokenizer.eos_token_id
+    return actions
+
+
+def _step(vec: gym.vector.VectorEnv, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Step ``vec`` column by column until every first episode has ended; what ``play`` returns."""
+    n, columns = actions.shape
+    rewards, terminated = np.zeros((n, columns)), np.zeros((n, columns), dtype=bool)
+    running = np.ones(n, dtype=bool)
+    terminal: dict[str, list[Any]] = {key: [None] * n for key in TERMINAL_KEYS}
+    for t in range(columns):
+        _, r, term, _, info = vec.step(actions[:, t])
+        rewards[running, t] = r[running]
+        terminated[running, t] = term[running]
+        for slot in np.flatnonzero(running & term):
+            for key in TERMINAL_KEYS:
+                terminal[key][slot] = info[key][slot]
+        running &= ~term
+        if not running.any():
+            break
+    assert not running.any()
+    return rewards, terminated, terminal
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_play_gives_what_stepping_gives(make_vec, tokenizer, hold: bool) -> None:
+    n, columns = 6, 6  # max_new_tokens is 6: the last rows end by length
+    actions = _token_matrix(tokenizer, n, columns)
+    stepped, played = (make_vec(n, kl_coef=0.2, kl_target=0.5, kl_horizon=10) for _ in range(2))
+    for vec in (stepped, played):
+        vec.unwrapped.hold_kl_coef(hold)
+        vec.reset(seed=4)
+    rewards, terminated, infos = _step(stepped, actions)
+    reference_calls: list[int] = []
+    hook = played.unwrapped.reference.register_forward_hook(lambda *a: reference_calls.append(1))
+    p_rewards, p_terminated, p_infos = played.unwrapped.play(actions)
+    hook.remove()
+
+    np.testing.assert_array_equal(p_terminated, terminated)
+    assert (terminated.sum(1) == 1).all() and terminated.any(0).sum() == columns  # six different ends
+    np.testing.assert_allclose(p_rewards, rewards, atol=1e-5)
+    assert np.count_nonzero(rewards) == n
+    for slot in range(n):
+        for key in ("score", "kl", "kl_coef"):
+            assert p_infos[key][slot] == pytest.approx(infos[key][slot], abs=1e-5), key
+        for key in ("logprobs", "ref_logprobs"):
+            np.testing.assert_allclose(p_infos[key][slot], infos[key][slot], atol=1e-5)
+        assert p_infos["response"][slot] == infos["response"][slot]
+        assert p_infos["prompt"][slot] == infos["prompt"][slot]
+    # beta moved between the steps that ended episodes (not once for all), the same way
+    assert len({round(b, 12) for b in p_infos["kl_coef"]}) == (1 if hold else columns)
+    assert played.unwrapped.kl_coef == pytest.approx(stepped.unwrapped.kl_coef, rel=1e-6)
+    held_p, held_s = played.unwrapped.take_held_kl(), stepped.unwrapped.take_held_kl()
+    assert len(held_p) == len(held_s) == (columns if hold else 0)
+    for (kl_p, n_p), (kl_s, n_s) in zip(held_p, held_s, strict=True):
+        assert n_p == n_s and kl_p == pytest.approx(kl_s, abs=1e-5)
+    assert len(reference_calls) == 1  # one batched pass, where stepping made one per step that ended some
+
+    # afterwards every slot has ended: the next step autoresets them all, as after a terminal step
+    obs, r, term, _, info = played.step(actions[:, 0])
+    assert not term.any() and not r.any() and info["_prompt"].all()
+
+
+def test_play_checks_its_input_and_changes_nothing_on_failure(make_vec, tokenizer) -> None:
+    failing = {"now": False}
+
+    def reward(prompts: list[str], responses: list[str]) -> list[float]:
+        if failing["now"]:
+            raise RuntimeError("reward server down")
+        return [float(len(r)) for r in responses]
+
+    vec = make_vec(3, reward_model=reward)
+    actions = _token_matrix(tokenizer, 3, 6)
+    with pytest.raises(ResetNeeded):
+        vec.unwrapped.play(actions)
+    vec.reset(seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        vec.unwrapped.play(actions[:2])
+    with pytest.raises(InvalidAction, match="outside the vocabulary"):
+        vec.unwrapped.play(np.full((3, 6), 10**6))
+    no_eos = np.full((3, 4), tokenizer(" good")["input_ids"][0])
+    with pytest.raises(ValueError, match="neither an EOS nor max_new_tokens"):
+        vec.unwrapped.play(no_eos)
+    with pytest.raises(ValueError, match="logprobs must have the shape"):
+        vec.unwrapped.play(actions, logprobs=np.zeros((3, 2)))
+
+    before = vec.unwrapped.engine.input_ids.copy(), vec.unwrapped.kl_coef
+    failing["now"] = True
+    with pytest.raises(RewardModelError, match="reward server down"):
+        vec.unwrapped.play(actions)
+    failing["now"] = False
+    np.testing.assert_array_equal(vec.unwrapped.engine.input_ids, before[0])
+    assert vec.unwrapped.kl_coef == before[1] and vec.unwrapped.engine.active.all()
+
+    vec.step(actions[:, 0])
+    with pytest.raises(ValueError, match="call reset"):
+        vec.unwrapped.play(actions)
+    per_token = make_vec(3, kl_placement="per_token")
+    per_token.reset(seed=0)
+    with pytest.raises(ValueError, match="terminal"):
+        per_token.unwrapped.play(actions)
+
+
+def _same_rollouts(first, second) -> None:
+    assert torch.equal(first.response_ids, second.response_ids)
+    assert torch.equal(first.response_mask, second.response_mask)
+    assert first.responses == second.responses and first.prompts == second.prompts
+    for name in ("sampler_logprobs", "behaviour_logprobs", "values", "logprobs"):
+        torch.testing.assert_close(getattr(first, name), getattr(second, name), atol=1e-6, rtol=0)
+    for name in ("ref_logprobs", "rewards", "scores", "kl"):
+        torch.testing.assert_close(getattr(first, name), getattr(second, name), atol=2e-5, rtol=0)
+    if first.explore_probs is not None:
+        torch.testing.assert_close(first.explore_probs, second.explore_probs, atol=1e-6, rtol=0)
+    assert first.kl_coef == pytest.approx(second.kl_coef, rel=1e-6)
+
+
+def _favour_eos(policy: torch.nn.Module, shift: float = 6.0) -> None:
+    eos = policy.config.eos_token_id
+
+    def hook(module: torch.nn.Module, inputs: Any, logits: torch.Tensor) -> torch.Tensor:
+        return logits + shift * torch.nn.functional.one_hot(torch.tensor(eos), logits.shape[-1])
+
+    policy.lm_head.register_forward_hook(hook)
+
+
+@pytest.mark.parametrize("agent_class", [PPO, EpsilonGreedyPPO, GRPO])
+def test_the_sample_then_play_rollout_equals_stepping_token_by_token(make_agent_env, agent_class) -> None:
+    settings: dict[str, Any] = {"group_size": 2} if agent_class is GRPO else {}
+    if agent_class is EpsilonGreedyPPO:
+        settings["epsilon"] = 0.3
+    agents = [agent_class(make_agent_env(num_envs=6), seed=0, **settings) for _ in range(2)]
+    for agent in agents:  # EOS likelier, so that episodes end at different steps
+        _favour_eos(agent.model.policy)
+    ends = []
+    for i in range(3):  # three rollouts: beta has moved, and the generators must stay in step
+        rollouts = [
+            collect(
+                agent.env,
+                agent.model,
+                generator=agent.generator,
+                seed=20 + i,
+                group_size=agent.group_size(),
+                exploration=agent.exploration(),
+                reference=agent.env.unwrapped.reference,
+                whole_episodes=whole,
+            )
+            for agent, whole in zip(agents, (False, True), strict=True)
+        ]
+        _same_rollouts(*rollouts)
+        ends.append(rollouts[0].lengths.unique().numel())
+    assert max(ends) > 2  # episodes ended at different steps
+    assert agents[1].env.unwrapped.kl_coef == pytest.approx(agents[0].env.unwrapped.kl_coef, rel=1e-6)
+
+
+def test_agents_play_whole_episodes_where_the_env_allows(make_agent_env) -> None:
+    agent = PPO(make_agent_env(num_envs=4), seed=0)
+    assert plays_whole_episodes(agent.env, agent.model)
+    stepped: list[int] = []
+    original = agent.env.step
+    agent.env.step = lambda actions: stepped.append(1) or original(actions)  # type: ignore[method-assign]
+    agent.collect_rollout()
+    assert stepped == []  # the default rollout made no step at all: one play() call
+
+    wrapped = gym.wrappers.vector.RecordEpisodeStatistics(make_agent_env(num_envs=4))
+    assert not plays_whole_episodes(wrapped, PPO(wrapped, seed=0).model)  # its wrappers see every step
+    per_token = make_agent_env(num_envs=4, kl_placement="per_token")
+    assert not plays_whole_episodes(per_token, PPO(per_token, seed=0).model)
+    with pytest.raises(ValueError, match="whole_episodes=True needs"):
+        collect(per_token, agent.model, generator=torch.Generator(), whole_episodes=True)
