@@ -89,7 +89,7 @@ def test_play_gives_what_stepping_gives(make_vec, tokenizer, hold: bool) -> None
     assert len(reference_calls) == 1  # one batched pass, where stepping made one per step that ended some
 
     # afterwards every slot has ended: the next step autoresets them all, as after a terminal step
-    obs, r, term, _, info = played.step(actions[:, 0])
+    _, r, term, _, info = played.step(actions[:, 0])
     assert not term.any() and not r.any() and info["_prompt"].all()
 
 
