@@ -1,16 +1,25 @@
-"""Rollouts through the vector environment: KV-cached batched sampling that follows its autoreset.
+"""Rollouts through the vector environment: KV-cached batched sampling of one episode per sub-env.
 
-One rollout plays one episode in every sub-environment, all started by one ``reset``: the agent samples
-each slot's next token from a KV cache (one batched forward pass per step), the env appends the tokens,
-and when a slot's episode ends the env's terminal ``info`` brings back what the agent needs: the score,
-the KL and the per-token log-probs of policy and reference, which are reused rather than computed again.
+One rollout plays one episode in every sub-environment, all started by one ``reset``. The agent samples
+each slot's next token from a KV cache (one batched forward pass per step, which also gives the values),
+and the env's terminal ``info`` brings back what the agent needs: the score, the KL and the per-token
+log-probs of policy and reference, which are reused rather than computed again. Two ways, the same rollout
+(to float precision, tested):
 
-A slot whose episode has ended waits for the others: the env autoresets it on the next step (NEXT_STEP
-autoreset, the action is ignored) and the agent then feeds it a non-EOS filler token, which cannot end the
-new episode before the rollout does (it would need ``max_new_tokens`` steps), so no unused episode is ever
-scored and the adaptive KL coefficient only sees the episodes that are trained on. The next rollout's
-``reset`` drops them. This is batched generation's usual cost (a batch lasts as long as its longest
-response), paid the same way by a bare ``generate`` loop.
+* **whole episodes** (the default on an unwrapped ``TextRLHF-v0`` vector env with terminal KL placement):
+  every response is sampled to its end on the policy's device, tokens, log-probs and values staying there,
+  then the token matrix goes to the host once and ``env.play`` scores every episode in one batched pass
+  (the reference's teacher-forced pass and one reward-model call), moving beta between the steps that end
+  episodes as stepping would;
+* **token by token** (a wrapped env, whose wrappers must see every step; ``kl_placement="per_token"``): the
+  env steps once per token and scores the episodes that end on each step. A slot whose episode has ended
+  waits for the others: the env autoresets it on the next step (NEXT_STEP autoreset, the action is
+  ignored) and the agent then feeds it a non-EOS filler token, which cannot end the new episode before the
+  rollout does (it would need ``max_new_tokens`` steps), so no unused episode is ever scored and the
+  adaptive KL coefficient only sees the episodes that are trained on. The next rollout's ``reset`` drops
+  them.
+
+Either way a batch lasts as long as its longest response, as in batched ``generate``.
 """
 
 from __future__ import annotations
@@ -342,6 +351,13 @@ def _step_through(
     return out, env_seconds
 
 
+def host_check_every(device: torch.device) -> int:
+    """Every how many tokens the whole-episode sampler asks the host whether all episodes have ended: every
+    token on a CPU (where it costs nothing), every 8 on an accelerator (a synchronisation each time; the
+    steps drawn past the last end are not played)."""
+    return 1 if device.type == "cpu" else 8
+
+
 def _play_whole(
     env: gym.vector.VectorEnv,
     c: EnvConstants,
@@ -360,7 +376,7 @@ def _play_whole(
     values = torch.zeros(n, T, device=device)
     explore_all = torch.zeros(n, T, device=device) if explores else None
     running = torch.ones(n, dtype=torch.bool, device=device)
-    check_every = 1 if device.type == "cpu" else 8  # a host sync costs nothing on a CPU
+    check_every = host_check_every(device)
     steps = T
     for t in range(T):
         actions, chosen, value, explore_prob = sample(running)

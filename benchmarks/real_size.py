@@ -5,7 +5,10 @@ tokenizer (so its vocabulary, and its embedding, is the task's: about 86M parame
 downloaded), randomly initialised. The reference is a frozen copy, the reward model the task's.
 
 * **rollout**: ``PPO.collect_rollout()`` on ``gymnasium.make_vec("TextRLHF-v0", num_envs=N)``: KV-cached
-  sampling with the value head, and the env's scoring (teacher-forced policy and reference, reward model);
+  sampling with the value head of every response to its end, then the env's ``play`` (one teacher-forced
+  pass of the reference over all episodes, the reward model; the policy's log-probs are the sampler's);
+* **rollout, stepped**: the same rollout stepping the env token by token (``whole_episodes=False``: the
+  tokens go to the host every step, and the env scores the episodes that end on each step);
 * **generate**: transformers' ``model.generate`` on the same prompts, the same sampling (temperature, no
   top-k or top-p, the same maximum length and EOS), and nothing else;
 * **generate+score**: the same, then what a generate-based trainer (trl's) does next for the same
@@ -46,6 +49,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import textenv  # noqa: F401  (registers TextRLHF-v0)
 from agents import PPO
+from agents.rollout import collect
 from textenv import tasks
 from textenv.models import load_tokenizer
 from textenv.rewards import compute_scores
@@ -261,7 +265,7 @@ def main() -> None:
         f"{args.threads} threads"
     )
 
-    variants = ("rollout", "sampling", "generate", "generate+score")
+    variants = ("rollout", "sampling", "rollout, stepped", "generate", "generate+score")
     timings: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
     reward = engine.reward_model
     rollout, wall, cpu_s, tokens = None, 0.0, 0.0, 0
@@ -273,9 +277,16 @@ def main() -> None:
                 continue
             cpu, start = time.process_time(), time.perf_counter()
             if name == "rollout":
-                rollout = agent.collect_rollout()
+                rollout = collect(  # whole episodes: sampled, then env.play (the agents' default)
+                    env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=True
+                )
                 tokens = rollout.num_tokens
                 prompts = rollout.prompts
+            elif name == "rollout, stepped":  # the same prompts, stepping the env token by token
+                stepped = collect(
+                    env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=False
+                )
+                tokens = stepped.num_tokens
             else:
                 score = (reference, reward) if name == "generate+score" else None
                 tokens = generate(policy, tokenizer, prompts, max_new, temperature, seed=repeat, score=score)
@@ -286,6 +297,7 @@ def main() -> None:
                 f"  {name:<15} {tokens:>6} tokens in {wall:6.2f} s ({cpu_s:6.2f} CPU s): "
                 f"{tokens / wall:7.1f} tok/s"
                 + (f"; {rollout.env_seconds:.2f} s of it in the env" if rollout and name == "rollout" else "")
+                + (f"; {stepped.env_seconds:.2f} s of it in the env" if name == "rollout, stepped" else "")
             )
     rates = {name: statistics.median(t / w for w, _, t in rows) for name, rows in timings.items()}
     cpu_rates = {name: statistics.median(t / c for _, c, t in rows) for name, rows in timings.items()}
@@ -299,6 +311,7 @@ def main() -> None:
             + per_cpu
         )
     print(f"  sampling / generate: {rates['sampling'] / rates['generate']:.2f} (wall)")
+    print(f"  rollout / rollout, stepped: {rates['rollout'] / rates['rollout, stepped']:.2f} (wall)")
     before = peak_rss_gib()
     start = time.perf_counter()
     agent.learn(1, callback=lambda a, m: a.iterations < args.iterations)

@@ -199,3 +199,24 @@ def test_agents_play_whole_episodes_where_the_env_allows(make_agent_env) -> None
     assert not plays_whole_episodes(per_token, PPO(per_token, seed=0).model)
     with pytest.raises(ValueError, match="whole_episodes=True needs"):
         collect(per_token, agent.model, generator=torch.Generator(), whole_episodes=True)
+
+
+def test_an_accelerator_sampler_that_checks_for_the_end_every_8_tokens_plays_the_same_episodes(
+    make_agent_env, monkeypatch
+) -> None:
+    """On a GPU the sampler asks the host only every 8 tokens whether every episode has ended, so it may
+    draw columns past the last end; the env must ignore them (run here on CPU with the GPU's setting)."""
+    import agents.rollout
+
+    monkeypatch.setattr(agents.rollout, "host_check_every", lambda device: 8)
+    env_settings = {"max_new_tokens": 12}
+    stepped, whole = (PPO(make_agent_env(num_envs=6, **env_settings), seed=0) for _ in range(2))
+    for agent in (stepped, whole):
+        _favour_eos(agent.model.policy, shift=9.0)
+    first, second = (
+        collect(agent.env, agent.model, generator=torch.Generator().manual_seed(5), seed=3, whole_episodes=w)
+        for agent, w in ((stepped, False), (whole, True))
+    )
+    _same_rollouts(first, second)
+    longest = int(first.lengths.max())
+    assert longest < 12 and longest != 8  # the sampler drew columns past the last end
