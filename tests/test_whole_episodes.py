@@ -220,3 +220,46 @@ def test_an_accelerator_sampler_that_checks_for_the_end_every_8_tokens_plays_the
     _same_rollouts(first, second)
     longest = int(first.lengths.max())
     assert longest < 12 and longest != 8  # the sampler drew columns past the last end
+
+
+def test_the_kv_cache_leaves_out_padding_columns_and_takes_a_later_prompt(reference, tokenizer) -> None:
+    """A prefill of every slot drops the columns that are padding in every prompt (the cache then spans
+    the longest prompt, not the prompt width); a slot restarted later still gets its prompt in full. The
+    next-token log-probs equal one unpadded forward pass of each sequence throughout."""
+    from textenv.scoring import IncrementalLogprobs
+
+    P, T = 8, 4
+    texts = ["the staff", "great", "overall it was"]
+
+    def padded(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.zeros(len(prompts), P, dtype=torch.long)
+        mask = torch.zeros(len(prompts), P, dtype=torch.long)
+        for i, text in enumerate(prompts):
+            tokens = tokenizer(text)["input_ids"]
+            ids[i, P - len(tokens) :], mask[i, P - len(tokens) :] = torch.tensor(tokens), 1
+        return ids, mask
+
+    def expected(sequence: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            logits = reference(input_ids=torch.tensor([sequence])).logits[0, -1]
+        return logits.float().log_softmax(-1)
+
+    cache = IncrementalLogprobs(reference, 3, P, T, temperature=1.0, pad_token_id=0)
+    ids, mask = padded(texts)
+    with torch.no_grad():
+        cache.prefill(torch.arange(3), ids, mask)
+        longest = max(len(tokenizer(t)["input_ids"]) for t in texts)
+        assert cache.mask.shape[1] == longest < P
+        sequences = [tokenizer(t)["input_ids"] for t in texts]
+        for token in (5, 6):
+            cache.advance(torch.arange(3), torch.full((3,), token))
+            for s in sequences:
+                s.append(token)
+        new_ids, new_mask = padded(["the film was really"])  # longer than the first prefill's width
+        cache.prefill(torch.tensor([1]), new_ids, new_mask)
+        sequences[1] = tokenizer("the film was really")["input_ids"]
+        cache.advance(torch.arange(3), torch.tensor([7, 8, 9]))
+        for s, token in zip(sequences, (7, 8, 9), strict=True):
+            s.append(token)
+    for slot, sequence in enumerate(sequences):
+        torch.testing.assert_close(cache.next_logprobs[slot], expected(sequence), atol=1e-5, rtol=0)

@@ -141,7 +141,15 @@ class IncrementalLogprobs:
             layer.keys, layer.values = fn(layer.keys), fn(layer.values)
 
     def prefill(self, slots: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
-        """Start new episodes in ``slots`` from left-padded prompts (n, prompt_width)."""
+        """Start new episodes in ``slots`` from left-padded prompts (n, prompt_width).
+
+        When every slot starts at once, the leading columns that are padding in every prompt are left out
+        (positions come from the mask, so nothing else changes): the pass, and every later step's
+        attention, cover the longest prompt rather than ``prompt_width``."""
+        if len(slots) == self.num_slots:
+            lead = int((attention_mask == 0).all(dim=0).long().cumprod(0).sum())
+            lead = min(lead, attention_mask.shape[1] - 1)
+            input_ids, attention_mask = input_ids[:, lead:], attention_mask[:, lead:]
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -168,6 +176,15 @@ class IncrementalLogprobs:
         if self.cache is None:
             raise RuntimeError("the first prefill must start every slot")
         width = self.prompt_width
+        if self.mask.shape[1] < width:  # a trimmed first prefill: widen with masked columns on the left
+            missing = width - self.mask.shape[1]
+
+            def widen(kv: torch.Tensor) -> torch.Tensor:
+                shape = (kv.shape[0], kv.shape[1], missing, kv.shape[3])
+                return torch.cat([kv.new_zeros(shape), kv], dim=2)
+
+            self._map(widen)
+            self.mask = torch.cat([self.mask.new_zeros(self.num_slots, missing), self.mask], dim=1)
         for layer, new in zip(self._layers(self.cache), self._layers(out.past_key_values), strict=True):
             for old_kv, new_kv in ((layer.keys, new.keys), (layer.values, new.values)):
                 assert old_kv is not None and new_kv is not None
