@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-real-size bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
 
 setup: $(STAMP)
 
@@ -53,12 +53,21 @@ bench: $(STAMP)
 # PPO on the default task in 1 process and in 2 (torchrun, gloo), same global batch, 3 seeds each (about 20 min
 # on an idle 2-core machine; resumable): the learning curves side by side
 bench-data-parallel: $(STAMP)
-	$(BIN)/python benchmarks/data_parallel.py --out benchmarks/results/data-parallel --seeds 3
+	$(BIN)/python benchmarks/data_parallel.py --out benchmarks/results/data-parallel --seeds 5
 
 # a GPT-2 124M-shaped policy: peak memory of PPO iterations with full fine-tuning and with LoRA, each with and
 # without gradient checkpointing (a fresh process each; about 5 min)
 bench-memory: $(STAMP)
-	$(BIN)/python benchmarks/real_size.py --memory --iterations 1
+	mkdir -p benchmarks/results/memory
+	$(BIN)/python benchmarks/real_size.py --memory --iterations 1 > benchmarks/results/memory/report.txt
+	cat benchmarks/results/memory/report.txt
+
+# the same policy's rollout (whole episodes, and stepped token by token) against model.generate on the same
+# prompts with the same sampling, medians of 5 interleaved repeats, then one PPO iteration (about 6 min)
+bench-real-size: $(STAMP)
+	mkdir -p benchmarks/results/real-size
+	$(BIN)/python benchmarks/real_size.py --repeats 5 --iterations 1 > benchmarks/results/real-size/report.txt
+	cat benchmarks/results/real-size/report.txt
 
 # PPO with and without the pretraining mix on the default task, 3 seeds, 12 evaluations each (about 45 min
 # with 2 workers; resumable), then the alignment tax at equal gold

@@ -311,6 +311,17 @@ class Agent:
         var = squares / (count - 1) if count > 1 else squares / max(count, 1.0)
         return masked_whiten(values, mask, moments=(mean, var))
 
+    def global_token_mean(self, loss: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``loss``, a mean over this rank's masked tokens of a minibatch, rescaled so that averaging the
+        ranks' gradients gives the gradient of the mean over every rank's tokens, as one process holding
+        the whole minibatch computes it (ranks whose share has more tokens weigh more). Unchanged in one
+        process."""
+        if self.world_size == 1:
+            return loss
+        local = float(mask.sum())
+        (total,) = distributed.all_reduce_sum([local])
+        return loss * (local * self.world_size / max(total, 1.0))
+
     def batch_std(self, values: torch.Tensor) -> float:
         """The (Bessel-corrected) standard deviation of ``values`` over every rank's entries."""
         if self.world_size == 1:

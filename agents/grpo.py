@@ -119,6 +119,7 @@ class GRPO(Agent):
                 kl_loss = masked_mean(k3(ref_logprobs[index] - new_logprobs), m)
                 if c.kl_in == "loss":
                     loss = loss + beta * kl_loss
+                loss = self.global_token_mean(loss, m)  # data-parallel: over every rank's tokens
                 grad_norm = self.optimizer_step(loss)
                 with torch.no_grad():
                     if epoch == 0:

@@ -151,6 +151,7 @@ class PPO(Agent):
                 vf_loss = 0.5 * masked_mean(vf_losses, m)
                 mean_entropy = masked_mean(entropy, m)
                 loss = pg_loss + c.vf_coef * vf_loss - c.ent_coef * mean_entropy
+                loss = self.global_token_mean(loss, m)  # data-parallel: over every rank's tokens
                 if c.ptx_coef > 0:  # PPO-ptx: gamma * the LM loss on a pretraining minibatch
                     ptx_ids, ptx_mask = self.pretraining_text().sample(
                         c.ptx_batch_size or len(index), self.generator, dev

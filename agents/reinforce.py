@@ -141,7 +141,7 @@ class REINFORCE(Agent):
                 ratio = (logprobs - old_logprobs[index]).exp()
                 pg_loss = clipped_surrogate(adv, ratio, m, c.clip_range)
             mean_entropy = masked_mean(entropy, m)
-            loss = pg_loss - c.ent_coef * mean_entropy
+            loss = self.global_token_mean(pg_loss - c.ent_coef * mean_entropy, m)
             grad_norm = self.optimizer_step(loss)
             with torch.no_grad():
                 entropies.append((entropy * m).sum(-1))

@@ -6,7 +6,8 @@ iteration again. After every update it records what the test compares across ran
 third iterations: a digest of the weights and of the optimizer's state, beta, the episodes this rank
 played, the episodes the metrics count, and a digest of the RNG states. Rank 0's callback stops training
 after three iterations; rank 1's never does (the stop must reach it). Last, each rank whitens a share of
-made-up advantages of its own, for a comparison with one process whitening them all. Writes
+made-up advantages of its own and takes the gradient of a token-mean loss over it, for a comparison with
+one process doing so with every rank's share. Writes
 ``OUT/rank{RANK}.json``.
 """
 
@@ -90,11 +91,18 @@ def main(out: Path) -> None:
     g = torch.Generator().manual_seed(100 + rank)
     values = torch.randn(3 + rank, 5, generator=g) * (1 + rank) + rank
     mask = (torch.rand(3 + rank, 5, generator=g) < 0.7).float()
+    # a token-mean loss of a minibatch whose shares hold different numbers of tokens
+    weight = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 5))
+    local_loss = ((values * weight) ** 2 * mask).sum() / mask.sum()
+    agent.global_token_mean(local_loss, mask).backward()
+    distributed.average_gradients([weight])
+    assert weight.grad is not None
     statistics = {
         "values": values.tolist(),
         "mask": mask.tolist(),
         "whitened": agent.whiten(values, mask).tolist(),
         "std": agent.batch_std(values[:, 0]),
+        "gradient": weight.grad.tolist(),
     }
     result = {
         "rank": rank,

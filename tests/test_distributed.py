@@ -108,6 +108,22 @@ def test_advantages_are_whitened_over_the_global_batch(ranks: list[dict[str, Any
         assert share["std"] == pytest.approx(float(first_column.std()), rel=1e-5)
 
 
+def test_a_token_mean_loss_has_the_gradient_of_one_process_over_every_rank_tokens(
+    ranks: list[dict[str, Any]],
+) -> None:
+    """The shares hold different numbers of tokens: averaging the ranks' plain token means would weigh a
+    token of the smaller share more; global_token_mean gives one process's gradient over all of them."""
+    shares = [r["statistics"] for r in ranks]
+    values = torch.cat([torch.tensor(s["values"]) for s in shares])
+    mask = torch.cat([torch.tensor(s["mask"]) for s in shares])
+    assert torch.tensor(shares[0]["mask"]).sum() != torch.tensor(shares[1]["mask"]).sum()
+    weight = torch.linspace(-1.0, 1.0, 5).requires_grad_()
+    (((values * weight) ** 2 * mask).sum() / mask.sum()).backward()
+    assert weight.grad is not None
+    for share in shares:
+        torch.testing.assert_close(torch.tensor(share["gradient"]), weight.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_one_process_agent_is_rank_zero_of_one() -> None:
     assert not distributed.active()
     assert (distributed.rank(), distributed.world_size()) == (0, 1)
