@@ -7,7 +7,8 @@ third iterations: a digest of the weights and of the optimizer's state, beta, th
 played, the episodes the metrics count, and a digest of the RNG states. Rank 0's callback stops training
 after three iterations; rank 1's never does (the stop must reach it). Last, each rank whitens a share of
 made-up advantages of its own and takes the gradient of a token-mean loss over it, for a comparison with
-one process doing so with every rank's share. Writes
+one process doing so with every rank's share, and runs one PPO update on a rollout of its own (written
+to ``OUT/update.pt`` with the updated weights, for the test to repeat in one process). Writes
 ``OUT/rank{RANK}.json``.
 """
 
@@ -104,6 +105,16 @@ def main(out: Path) -> None:
         "std": agent.batch_std(values[:, 0]),
         "gradient": weight.grad.tolist(),
     }
+    # one PPO update (one minibatch, one epoch) on this rank's rollout; the test repeats it in one process
+    # on both ranks' rollouts together
+    single = PPO("TextRLHF-v0", seed=11, **(SETTINGS | {"num_minibatches": 1, "num_epochs": 1}))
+    rollout = single.collect_rollout()
+    rollouts = distributed.gather_objects(rollout)
+    single.update(rollout)
+    if rank == 0:
+        after = {name: p.detach().clone() for name, p in single.model.named_parameters()}
+        torch.save({"rollouts": rollouts, "after": after}, out / "update.pt")
+
     result = {
         "rank": rank,
         "world_size": distributed.world_size(),

@@ -54,7 +54,8 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 240) -> subprocess.Compl
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("dp")
     torchrun(str(ROOT / "tests" / "distributed_worker.py"), str(out))
-    return [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
+    ranks = [json.loads((out / f"rank{r}.json").read_text(encoding="utf-8")) for r in range(2)]
+    return [rank | {"out": str(out)} for rank in ranks]
 
 
 def test_two_ranks_hold_identical_weights_and_beta_after_every_update(ranks: list[dict[str, Any]]) -> None:
@@ -122,6 +123,43 @@ def test_a_token_mean_loss_has_the_gradient_of_one_process_over_every_rank_token
     assert weight.grad is not None
     for share in shares:
         torch.testing.assert_close(torch.tensor(share["gradient"]), weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_a_two_process_update_is_one_process_update_on_both_rollouts(ranks: list[dict[str, Any]]) -> None:
+    """One PPO update (one minibatch, one epoch) in 2 processes, each on its own 8 episodes, moves the
+    weights as one process's update on all 16 does: whitening, token means and gradients are global."""
+    import dataclasses
+    import importlib.util
+
+    from agents import PPO
+    from agents.rollout import Rollout
+
+    spec = importlib.util.spec_from_file_location(
+        "distributed_worker", ROOT / "tests" / "distributed_worker.py"
+    )
+    assert spec is not None and spec.loader is not None
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    saved = torch.load(Path(ranks[0]["out"]) / "update.pt", weights_only=False)
+    parts: list[Rollout] = saved["rollouts"]
+    assert len(parts) == 2 and parts[0].prompts != parts[1].prompts
+
+    def joined(name: str) -> Any:
+        values = [getattr(part, name) for part in parts]
+        if isinstance(values[0], torch.Tensor):
+            return torch.cat(values)
+        return [x for v in values for x in v] if isinstance(values[0], list) else values[0]
+
+    whole = Rollout(**{f.name: joined(f.name) for f in dataclasses.fields(Rollout)})
+    assert whole.num_episodes == GLOBAL_BATCH
+    agent = PPO("TextRLHF-v0", seed=11, **(worker.SETTINGS | {"num_minibatches": 1, "num_epochs": 1}))
+    before = {name: p.detach().clone() for name, p in agent.model.named_parameters()}
+    agent.update(whole)
+    moved = 0.0
+    for name, p in agent.model.named_parameters():
+        torch.testing.assert_close(saved["after"][name], p.detach(), atol=2e-6, rtol=1e-4, msg=name)
+        moved = max(moved, float((p.detach() - before[name]).abs().max()))
+    assert moved > 1e-4  # the update moved the weights: the comparison is not between two starts
 
 
 def test_one_process_agent_is_rank_zero_of_one() -> None:
