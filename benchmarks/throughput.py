@@ -2,9 +2,13 @@
 
 On the default review task, one rollout = one response to each of N prompts, with everything PPO needs:
 
-- rollout:  ``agents.PPO.collect_rollout()``: KV-cached sampling (with the value head on the trunk's
-            hidden states) through ``gymnasium.make_vec("TextRLHF-v0", num_envs=N)``, the env scoring each
-            finished batch (teacher-forced policy and reference, reward model) and paying score - beta*KL;
+- rollout:  the agents' rollout (``agents.rollout.collect``, what ``PPO.collect_rollout()`` runs): KV-cached
+            sampling (with the value head on the trunk's hidden states) of every response, then
+            ``env.play`` on ``gymnasium.make_vec("TextRLHF-v0", num_envs=N)``: the env scores all episodes
+            (teacher-forced reference, reward model; the policy's log-probs are the sampler's) and pays
+            score - beta*KL;
+- stepped:  the same rollout stepping the env token by token (``whole_episodes=False``), the env scoring
+            the episodes that end on each step;
 - bare:     a plain loop on the same models and prompts: KV-cached sampling with values, then one
             teacher-forced pass of policy and reference over the whole batch, the KL and one reward-model
             call. The env cannot beat it; ratio = bare / rollout (1.0: the env costs nothing);
@@ -34,6 +38,7 @@ from tqdm import tqdm
 from agents import PPO
 from agents.core import categorical
 from agents.policy import ActorCritic
+from agents.rollout import collect
 from textenv.kl import k1
 from textenv.models import evaluating
 from textenv.rewards import RewardModel, compute_scores
@@ -115,17 +120,22 @@ def measure(num_envs: int, args: argparse.Namespace) -> dict[str, dict[str, floa
     agent.learn(10**9, callback=lambda a, m: a.iterations < args.warmup_iterations)
     engine = agent.env.unwrapped.engine  # type: ignore[attr-defined]
     generator = torch.Generator().manual_seed(0)
-    times: dict[str, list[float]] = {"rollout": [], "bare": [], "no cache": []}
+    times: dict[str, list[float]] = {"rollout": [], "stepped": [], "bare": [], "no cache": []}
     tokens: dict[str, list[int]] = {k: [] for k in times}
     bar = tqdm(total=(args.repeats + 1) * len(times), desc=f"N={num_envs}", file=sys.stderr)
     for repeat in range(args.repeats + 1):  # repeat 0 is the warm-up
-        start = time.perf_counter()
-        rollout = agent.collect_rollout()
-        elapsed = time.perf_counter() - start
-        if repeat:
-            times["rollout"].append(elapsed)
-            tokens["rollout"].append(rollout.num_tokens)
-        bar.update()
+        for name, whole in (("rollout", True), ("stepped", False)):  # the same prompts
+            start = time.perf_counter()
+            played = collect(
+                agent.env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=whole
+            )
+            elapsed = time.perf_counter() - start
+            if repeat:
+                times[name].append(elapsed)
+                tokens[name].append(played.num_tokens)
+            if whole:
+                rollout = played
+            bar.update()
         for name, cache in (("bare", True), ("no cache", False)):
             start = time.perf_counter()
             out = bare_rollout(
@@ -179,16 +189,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("(tokens per second: response tokens generated and scored, per second of wall time)\n")
     print(
-        "| N | rollout via env: s / tok/s | bare loop: s / tok/s | no KV cache: s / tok/s "
-        "| env / bare | KV-cache speed-up (bare / no cache) | env / no cache |"
+        "| N | rollout via env: s / tok/s | stepped via env: s / tok/s | bare loop: s / tok/s "
+        "| no KV cache: s / tok/s | env / bare | stepped / bare | KV-cache speed-up (bare / no cache) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for n, r in results.items():
         cells = " | ".join(f"{r[k]['seconds']:.3f} / {r[k]['tokens_per_second']:,.0f}" for k in r)
-        rollout, bare, no_cache = (r[k]["tokens_per_second"] for k in ("rollout", "bare", "no cache"))
-        print(
-            f"| {n} | {cells} | {rollout / bare:.2f} | {bare / no_cache:.2f}x | {rollout / no_cache:.2f}x |"
+        rollout, stepped, bare, no_cache = (
+            r[k]["tokens_per_second"] for k in ("rollout", "stepped", "bare", "no cache")
         )
+        print(f"| {n} | {cells} | {rollout / bare:.2f} | {stepped / bare:.2f} | {bare / no_cache:.2f}x |")
 
 
 if __name__ == "__main__":
