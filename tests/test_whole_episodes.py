@@ -263,3 +263,22 @@ def test_the_kv_cache_leaves_out_padding_columns_and_takes_a_later_prompt(refere
             s.append(token)
     for slot, sequence in enumerate(sequences):
         torch.testing.assert_close(cache.next_logprobs[slot], expected(sequence), atol=1e-5, rtol=0)
+
+
+def test_with_lora_the_reference_is_the_adapters_off_in_play_too(make_agent_env) -> None:
+    """LoRA's reference (the policy with its adapters switched off) scores the played episodes as it scores
+    stepped ones, after the adapters have moved away from zero."""
+    pytest.importorskip("peft")
+    agents = [PPO(make_agent_env(num_envs=6, lora=4), seed=0) for _ in range(2)]
+    for agent in agents:
+        _favour_eos(agent.model.policy.get_base_model())
+        with torch.no_grad():  # move the adapters: the policy is no longer its reference
+            for name, p in agent.model.policy.named_parameters():
+                if "lora_" in name:  # the same adapters in both agents (peft draws lora_A at random)
+                    p.copy_(torch.linspace(-0.5, 0.5, p.numel()).view_as(p))
+    first, second = (
+        collect(agent.env, agent.model, generator=torch.Generator().manual_seed(2), seed=9, whole_episodes=w)
+        for agent, w in zip(agents, (False, True), strict=True)
+    )
+    _same_rollouts(first, second)
+    assert float(first.kl.abs().max()) > 1e-3  # the KL is not zero: the adapters count
