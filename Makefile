@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-real-size bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-real-size bench-gpu bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
 
 setup: $(STAMP)
 
@@ -63,11 +63,27 @@ bench-memory: $(STAMP)
 	cat benchmarks/results/memory/report.txt
 
 # the same policy's rollout (whole episodes, and stepped token by token) against model.generate on the same
-# prompts with the same sampling, medians of 5 interleaved repeats, then one PPO iteration (about 6 min)
+# prompts with the same sampling, at batches 1 to 64, medians of 5 interleaved repeats, then one PPO
+# iteration (about 15 min)
 bench-real-size: $(STAMP)
 	mkdir -p benchmarks/results/real-size
-	$(BIN)/python benchmarks/real_size.py --repeats 5 --iterations 1 > benchmarks/results/real-size/report.txt
+	$(BIN)/python benchmarks/real_size.py --num-envs 1 2 4 8 16 32 64 --repeats 5 --iterations 1 \
+		--plot benchmarks/results/real-size/ratios.png > benchmarks/results/real-size/report.txt
 	cat benchmarks/results/real-size/report.txt
+
+# on a machine with an NVIDIA GPU (not run by any test): the rollout against generate for a 124M- and a
+# ~1B-shaped policy at batches 64 to 512 in bf16, the memory of the 124M one, and the data-parallel curves
+# with a GPU per process (processes share a GPU when there are fewer)
+GPU_OUT := benchmarks/results/gpu
+bench-gpu: $(STAMP)
+	mkdir -p $(GPU_OUT)
+	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --num-envs 64 128 256 512 \
+		--repeats 5 --iterations 1 --plot $(GPU_OUT)/ratios-124m.png > $(GPU_OUT)/real-size-124m.txt
+	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --shape 1b \
+		--num-envs 64 256 512 --repeats 3 --iterations 0 --plot $(GPU_OUT)/ratios-1b.png > $(GPU_OUT)/real-size-1b.txt
+	$(BIN)/python benchmarks/real_size.py --memory --device cuda --mixed-precision bf16 > $(GPU_OUT)/memory.txt
+	$(BIN)/python benchmarks/data_parallel.py --device cuda --seeds 3 --out $(GPU_OUT)/data-parallel
+	cat $(GPU_OUT)/real-size-124m.txt $(GPU_OUT)/real-size-1b.txt $(GPU_OUT)/memory.txt
 
 # PPO with and without the pretraining mix on the default task, 3 seeds, 12 evaluations each (about 45 min
 # with 2 workers; resumable), then the alignment tax at equal gold

@@ -42,16 +42,26 @@ def init_from_environment(device: str | None = None) -> str | None:
     Returns the device this rank should use: ``device`` as given, with ``cuda`` made ``cuda:LOCAL_RANK``
     (one GPU per rank). A run that no launcher started (``WORLD_SIZE`` unset or 1) is left alone. The
     backend is NCCL when the device is a GPU and gloo otherwise (``TEXTENV_DIST_BACKEND`` overrides).
+
+    More processes on a node than it has GPUs (``LOCAL_WORLD_SIZE`` above the GPU count; two ranks on one
+    GPU to try data parallelism there): the ranks share the GPUs in turn, ``cuda:LOCAL_RANK % count``,
+    under gloo, because NCCL refuses two ranks on one GPU. ``cuda`` on a machine without a GPU is an error
+    that says so.
     """
     if launched_world_size() <= 1 or dist.is_initialized():
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    shared = False
     if device is not None and device.startswith("cuda"):
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise RuntimeError(f"device {device!r} asked for, but torch sees no GPU on this machine")
         if device == "cuda":
-            device = f"cuda:{local_rank}"
+            shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > count
+            device = f"cuda:{local_rank % count}"
         torch.cuda.set_device(torch.device(device))
     gpu = device is not None and device.startswith("cuda")
-    backend = os.environ.get("TEXTENV_DIST_BACKEND") or ("nccl" if gpu else "gloo")
+    backend = os.environ.get("TEXTENV_DIST_BACKEND") or ("nccl" if gpu and not shared else "gloo")
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
     return device
 
@@ -130,8 +140,10 @@ def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    flat /= world_size()
+    where = _device()  # GPU gradients go through the host under gloo (ranks sharing a GPU)
+    reduced = flat if flat.device.type == where.type else flat.to(where)
+    dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+    flat = reduced.to(flat.device) / world_size()
     offset = 0
     for p in parameters:
         n = p.numel()

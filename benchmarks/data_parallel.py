@@ -8,6 +8,10 @@ at each evaluation, the one-process runs' gold (mean and the range over seeds) a
 mean, and whether that mean lies within the one-process range; the plot shows the same curves.
 
     python benchmarks/data_parallel.py --out benchmarks/results/data-parallel [--seeds 3]
+    python benchmarks/data_parallel.py --out benchmarks/results/gpu/data-parallel --device cuda
+
+On GPUs (``--device cuda``) each process takes one; with fewer GPUs than processes they share them
+(gloo instead of NCCL, see ``agents.distributed.init_from_environment``).
 
 Runs already in ``--out`` (a ``summary.json`` present) are kept, so a killed benchmark resumes.
 """
@@ -40,6 +44,7 @@ def train(run: Path, seed: int, processes: int, args: argparse.Namespace) -> dic
     flags += ["--num-envs", str(args.num_envs), "--eval-every", str(args.eval_every)]
     flags += ["--eval-every-episodes", str(args.eval_episodes), "--eval-episodes", str(args.eval_episodes)]
     flags += ["--quiet", "--samples", "0", "--save-every", "0", "--run-dir", str(run)]
+    flags += ["--device", args.device, "--mixed-precision", args.mixed_precision]
     if processes == 1:
         command = [sys.executable, *flags, "--threads", str(args.threads)]
         env = os.environ | {"OMP_NUM_THREADS": str(args.threads)}
@@ -93,6 +98,10 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads in all, split over processes")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, or cuda: a GPU per process (processes share GPUs when fewer)"
+    )
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -114,7 +123,8 @@ def report(records: list[dict[str, Any]], args: argparse.Namespace) -> None:
     many = [r for r in records if r["processes"] == args.processes]
     points = min(len(r["evals"]) for r in records)
     lines = [
-        f"PPO on reviews, global batch {args.num_envs}, {args.timesteps:,} tokens, {len(one)} seeds; "
+        f"PPO on reviews, global batch {args.num_envs}, {args.timesteps:,} tokens, {len(one)} seeds, "
+        f"device {args.device}, mixed precision {args.mixed_precision}; "
         f"eval/gold on {args.eval_episodes} fixed-seed episodes",
         "",
         f"| iteration | 1 process: mean [min, max] | {args.processes} processes: mean | inside? |",

@@ -11,6 +11,9 @@ downloaded), randomly initialised. The reference is a frozen copy, the reward mo
   tokens go to the host every step, and the env scores the episodes that end on each step);
 * **generate**: transformers' ``model.generate`` on the same prompts, the same sampling (temperature, no
   top-k or top-p, the same maximum length and EOS), and nothing else;
+* **generate+reference**: the same, then one teacher-forced pass of the reference over prompt and
+  response: the least any rollout that charges the exact KL to a reference of the policy's size must do
+  beyond ``generate`` (no reward model, no policy log-probs);
 * **generate+score**: the same, then what a generate-based trainer (trl's) does next for the same
   episodes: one teacher-forced pass of the policy and one of the reference for the log-probs, and the
   reward model.
@@ -24,7 +27,10 @@ what ``generate`` does. Then ``--iterations`` PPO iterations, with the peak resi
 reference a frozen copy) against LoRA (the reference the adapters switched off), each with and without
 gradient checkpointing; peak resident memory of the process before and after training, and time.
 
-    python benchmarks/real_size.py [--num-envs 64] [--repeats 3] [--threads 2] [--device cpu]
+``--shape 1b`` builds a ~1B-shaped policy instead (20 blocks of width 2048, 16 heads: 1.0B parameters in
+the blocks), for an accelerator.
+
+    python benchmarks/real_size.py [--num-envs 64] [--repeats 3] [--threads 2] [--device cpu] [--shape 124m]
     python benchmarks/real_size.py --memory [--lora 8] [--iterations 1]
 """
 
@@ -39,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,12 +67,18 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def build_policy(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
+#: GPT-2 shapes built from a config (blocks, width, heads): GPT-2 small's, and a ~1B one (GPT-2 XL's width
+#: of 1600 is narrower; 20 blocks of width 2048 make 1.0B parameters in the blocks).
+SHAPES = {"124m": (12, 768, 12), "1b": (20, 2048, 16)}
+
+
+def build_policy(tokenizer, seed: int = 0, shape: str = "124m") -> GPT2LMHeadModel:
+    blocks, width, heads = SHAPES[shape]
     config = GPT2Config(
         vocab_size=len(tokenizer),
-        n_layer=12,
-        n_embd=768,
-        n_head=12,
+        n_layer=blocks,
+        n_embd=width,
+        n_head=heads,
         n_positions=1024,
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -86,13 +99,15 @@ def generate(
     max_new_tokens: int,
     temperature: float,
     seed: int,
-    score: Any = None,
+    reference: Any = None,
+    reward: Any = None,
 ) -> int:
     """``model.generate`` on left-padded prompts; returns the response tokens it wrote (up to EOS).
 
-    ``score``: ``(reference, reward)`` to go on as a generate-based trainer does (trl's): one teacher-forced
-    pass of the policy and one of the reference over prompt and response for their log-probs, and the
-    reward model on the decoded texts."""
+    ``reference``: then one teacher-forced pass of the reference over prompt and response for its
+    log-probs, the least an exact KL to it costs. ``reward`` (with ``reference``): go on as a
+    generate-based trainer does (trl's): that pass, one of the policy for its log-probs, and the reward
+    model on the decoded texts."""
     tokenizer.padding_side = "left"
     batch = tokenizer(prompts, return_tensors="pt", padding=True).to(policy.device)
     torch.manual_seed(seed)
@@ -112,14 +127,16 @@ def generate(
     # tokens up to (not counting) the first EOS, as the env counts a response
     full = torch.full((new.shape[0],), new.shape[1], device=new.device)
     first = torch.where(ended.any(1), ended.float().argmax(1), full)
-    if score is not None:
-        reference, reward = score
+    if reference is not None:
         keep = torch.arange(new.shape[1], device=new.device)[None, :] < first[:, None]
         mask = torch.cat([batch["attention_mask"], keep.long()], dim=1)
-        response_logprobs(policy, out, mask, width, temperature)
         response_logprobs(reference, out, mask, width, temperature)
-        texts = tokenizer.batch_decode([row[: int(n)] for row, n in zip(new, first, strict=True)])
-        compute_scores(reward, prompts, texts)
+        if reward is not None:
+            response_logprobs(policy, out, mask, width, temperature)
+            texts = tokenizer.batch_decode([row[: int(n)] for row, n in zip(new, first, strict=True)])
+            compute_scores(reward, prompts, texts)
+        if out.device.type == "cuda":
+            torch.cuda.synchronize()
     return int(first.sum())
 
 
@@ -131,16 +148,18 @@ MEMORY_SETTINGS = {
 }
 
 
-def make_agent(args: argparse.Namespace, lora: bool = False, checkpointing: bool = False) -> PPO:
+def make_agent(
+    args: argparse.Namespace, num_envs: int, lora: bool = False, checkpointing: bool = False
+) -> PPO:
     """PPO on the default task with the 124M-shaped policy: its reference a frozen copy, or, with LoRA, the
     policy with its adapters off."""
     task = tasks.load("reviews")
     tokenizer = load_tokenizer(task.assets / "policy")
-    policy = build_policy(tokenizer).to(args.device)
+    policy = build_policy(tokenizer, shape=args.shape).to(args.device)
     settings: dict[str, Any] = {"lora": args.lora} if lora else {"reference": copy.deepcopy(policy)}
     env = gym.make_vec(
         "TextRLHF-v0",
-        num_envs=args.num_envs,
+        num_envs=num_envs,
         vectorization_mode="vector_entry_point",
         task="reviews",
         policy=policy,
@@ -152,7 +171,7 @@ def make_agent(args: argparse.Namespace, lora: bool = False, checkpointing: bool
     return PPO(
         env,
         seed=0,
-        num_minibatches=max(1, args.num_envs // 16),
+        num_minibatches=max(1, num_envs // 16),
         gradient_checkpointing=checkpointing,
         mixed_precision=args.mixed_precision,
     )
@@ -167,7 +186,7 @@ def weights_gib(*models: torch.nn.Module) -> float:
 def memory_run(args: argparse.Namespace) -> None:
     """One setting of ``--memory``, in this process: a JSON line of its figures."""
     setting = MEMORY_SETTINGS[args.memory_setting]
-    agent = make_agent(args, **setting)
+    agent = make_agent(args, args.num_envs[0], **setting)
     policy = agent.model.policy
     built = peak_rss_gib()
     start, cpu = time.perf_counter(), time.process_time()
@@ -194,7 +213,7 @@ def memory(args: argparse.Namespace) -> None:
     """Every setting of ``--memory`` in a fresh process (peak memory is per process), then a table."""
     rows = []
     for name in MEMORY_SETTINGS:
-        command = [sys.executable, __file__, "--memory-setting", name, "--num-envs", str(args.num_envs)]
+        command = [sys.executable, __file__, "--memory-setting", name, "--num-envs", str(args.num_envs[0])]
         command += [
             "--iterations",
             str(args.iterations),
@@ -203,14 +222,14 @@ def memory(args: argparse.Namespace) -> None:
             "--lora",
             str(args.lora),
         ]
-        command += ["--device", args.device, "--mixed-precision", args.mixed_precision]
+        command += ["--device", args.device, "--mixed-precision", args.mixed_precision, "--shape", args.shape]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     print(
-        f"\nPPO on the default task, 124M-shaped policy, batch {args.num_envs}, "
+        f"\nPPO on the default task, {args.shape}-shaped policy, batch {args.num_envs[0]}, "
         f"{args.iterations} iteration(s), {args.threads} threads, device {args.device}, "
         f"mixed precision {args.mixed_precision}, LoRA rank {args.lora}"
     )
@@ -233,26 +252,10 @@ def memory(args: argparse.Namespace) -> None:
     print(f"load average {min(r['load'] for r in rows):.1f}-{max(r['load'] for r in rows):.1f}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--num-envs", type=int, default=64, help="episodes per rollout (the batch)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--iterations", type=int, default=2, help="PPO iterations for the memory figure")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
-    parser.add_argument("--memory", action="store_true", help="peak memory with and without LoRA")
-    parser.add_argument("--memory-setting", choices=tuple(MEMORY_SETTINGS), help=argparse.SUPPRESS)
-    parser.add_argument("--lora", type=int, default=8, help="LoRA rank of --memory")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if args.memory_setting:
-        return memory_run(args)
-    if args.memory:
-        return memory(args)
-    agent = make_agent(args)
+def throughput(args: argparse.Namespace, num_envs: int) -> dict[str, Any]:
+    """Every variant on a batch of ``num_envs`` prompts, interleaved, ``--repeats`` times after a warm-up:
+    the lines of each run and the medians, printed; the medians (tokens/s, per wall and per CPU second)."""
+    agent = make_agent(args, num_envs)
     env = agent.env
     policy = agent.model.policy
     reference = env.unwrapped.reference  # type: ignore[attr-defined]
@@ -261,11 +264,12 @@ def main() -> None:
     engine = env.unwrapped.engine  # type: ignore[attr-defined]
     max_new, temperature = engine.max_new_tokens, engine.temperature
     print(
-        f"policy: {params / 1e6:.1f}M parameters; batch {args.num_envs}, {max_new} new tokens, "
-        f"{args.threads} threads"
+        f"policy: {args.shape}-shaped, {params / 1e6:.1f}M parameters; batch {num_envs}, "
+        f"{max_new} new tokens, {args.threads} threads, device {args.device}, "
+        f"mixed precision {args.mixed_precision}"
     )
 
-    variants = ("rollout", "sampling", "rollout, stepped", "generate", "generate+score")
+    variants = ("rollout", "sampling", "rollout, stepped", "generate", "generate+reference", "generate+score")
     timings: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
     reward = engine.reward_model
     rollout, wall, cpu_s, tokens = None, 0.0, 0.0, 0
@@ -288,13 +292,21 @@ def main() -> None:
                 )
                 tokens = stepped.num_tokens
             else:
-                score = (reference, reward) if name == "generate+score" else None
-                tokens = generate(policy, tokenizer, prompts, max_new, temperature, seed=repeat, score=score)
+                tokens = generate(
+                    policy,
+                    tokenizer,
+                    prompts,
+                    max_new,
+                    temperature,
+                    seed=repeat,
+                    reference=reference if name != "generate" else None,
+                    reward=reward if name == "generate+score" else None,
+                )
             wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu
             if repeat > 0:
                 timings[name].append((wall, cpu_s, tokens))
             print(
-                f"  {name:<15} {tokens:>6} tokens in {wall:6.2f} s ({cpu_s:6.2f} CPU s): "
+                f"  {name:<18} {tokens:>6} tokens in {wall:6.2f} s ({cpu_s:6.2f} CPU s): "
                 f"{tokens / wall:7.1f} tok/s"
                 + (f"; {rollout.env_seconds:.2f} s of it in the env" if rollout and name == "rollout" else "")
                 + (f"; {stepped.env_seconds:.2f} s of it in the env" if name == "rollout, stepped" else "")
@@ -307,11 +319,106 @@ def main() -> None:
             "" if name == "sampling" else f" (per CPU second {cpu_rates['rollout'] / cpu_rates[name]:.2f})"
         )
         print(
-            f"  {name:<15} {rates[name]:7.1f} tok/s; rollout / {name}: {rates['rollout'] / rates[name]:.2f}"
+            f"  {name:<18} {rates[name]:7.1f} tok/s; rollout / {name}: {rates['rollout'] / rates[name]:.2f}"
             + per_cpu
         )
     print(f"  sampling / generate: {rates['sampling'] / rates['generate']:.2f} (wall)")
+    print(
+        "  rollout / generate+reference: "
+        f"{rates['rollout'] / rates['generate+reference']:.2f} (wall; generate+reference is the least an "
+        "exact-KL rollout does)"
+    )
     print(f"  rollout / rollout, stepped: {rates['rollout'] / rates['rollout, stepped']:.2f} (wall)")
+    return {"num_envs": num_envs, "rates": rates, "cpu_rates": cpu_rates, "agent": agent}
+
+
+def summary(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
+    """A table of the ratios at every batch, and with ``--plot`` their plot."""
+    print(f"\n{args.shape}-shaped policy, device {args.device}: tokens/s, medians of {args.repeats}")
+    print(
+        "| batch | rollout | its sampling | generate | generate + reference | generate + scoring | "
+        "rollout / generate | rollout / (generate + reference) | sampling / generate |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        rate = r["rates"]
+        over_reference = rate["rollout"] / rate["generate+reference"]
+        print(
+            f"| {r['num_envs']} | {rate['rollout']:.1f} | {rate['sampling']:.1f} | {rate['generate']:.1f} | "
+            f"{rate['generate+reference']:.1f} | {rate['generate+score']:.1f} | "
+            f"{rate['rollout'] / rate['generate']:.2f} | {over_reference:.2f} | "
+            f"{rate['sampling'] / rate['generate']:.2f} |"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    if args.plot is None:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = [r["num_envs"] for r in results]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for over, label in (
+        ("generate", "rollout / generate"),
+        ("generate+reference", "rollout / (generate + reference pass)"),
+        ("generate+score", "rollout / (generate + scoring)"),
+    ):
+        ax.plot(batches, [r["rates"]["rollout"] / r["rates"][over] for r in results], marker="o", label=label)
+    ax.plot(
+        batches,
+        [r["rates"]["sampling"] / r["rates"]["generate"] for r in results],
+        marker="o",
+        linestyle="--",
+        label="sampling / generate",
+    )
+    ax.axhline(0.9, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(batches, [str(b) for b in batches])
+    ax.set_xlabel("batch (episodes per rollout)")
+    ax.set_ylabel("throughput ratio")
+    ax.set_title(f"{args.shape}-shaped policy on {args.device}: rollout against generate")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.plot, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="episodes per rollout (the batch); several: each",
+    )
+    parser.add_argument("--plot", type=Path, help="with several --num-envs: a plot of the ratios to generate")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--iterations", type=int, default=2, help="PPO iterations for the memory figure (0: none)"
+    )
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", default="124m", choices=tuple(SHAPES), help="the policy's GPT-2 shape")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--memory", action="store_true", help="peak memory with and without LoRA")
+    parser.add_argument("--memory-setting", choices=tuple(MEMORY_SETTINGS), help=argparse.SUPPRESS)
+    parser.add_argument("--lora", type=int, default=8, help="LoRA rank of --memory")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_setting:
+        return memory_run(args)
+    if args.memory:
+        return memory(args)
+    results = [throughput(args, n) for n in args.num_envs]
+    if len(results) > 1:
+        summary(args, results)
+    agent = results[-1]["agent"]
+    if args.iterations < 1:
+        return
     before = peak_rss_gib()
     start = time.perf_counter()
     agent.learn(1, callback=lambda a, m: a.iterations < args.iterations)

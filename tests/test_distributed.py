@@ -170,6 +170,47 @@ def test_one_process_agent_is_rank_zero_of_one() -> None:
     assert len({distributed.rank_seed(5, r) for r in range(4)}) == 4
 
 
+@pytest.mark.parametrize(
+    ("gpus", "ranks_here", "local_rank", "device", "backend"),
+    [
+        (2, 2, 1, "cuda:1", "nccl"),  # one GPU per rank
+        (1, 2, 1, "cuda:0", "gloo"),  # two ranks on one GPU: NCCL would refuse them
+        (2, 4, 3, "cuda:1", "gloo"),  # four ranks on two GPUs, in turn
+    ],
+)
+def test_a_launched_rank_picks_its_gpu_and_backend(
+    monkeypatch: pytest.MonkeyPatch, gpus: int, ranks_here: int, local_rank: int, device: str, backend: str
+) -> None:
+    """What a rank of ``torchrun --nproc_per_node ranks_here`` on a node with ``gpus`` GPUs joins with
+    ``--device cuda`` (the GPU calls are recorded, not made: no test needs a GPU)."""
+    joined: dict[str, Any] = {}
+    monkeypatch.setenv("WORLD_SIZE", str(ranks_here))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks_here))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.delenv("TEXTENV_DIST_BACKEND", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: joined.setdefault("device", str(d)))
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda backend, timeout: joined.setdefault("backend", backend)
+    )
+    assert distributed.init_from_environment("cuda") == device
+    assert joined == {"device": device, "backend": backend}
+    joined.clear()
+    assert distributed.init_from_environment("cpu") == "cpu"  # CPU ranks: gloo, whatever the GPUs
+    assert joined == {"backend": "gloo"}
+
+
+def test_a_launched_rank_asking_for_a_gpu_on_a_machine_without_one_is_told(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kwargs: pytest.fail("joined"))
+    with pytest.raises(RuntimeError, match="no GPU"):
+        distributed.init_from_environment("cuda")
+
+
 # ---------------------------------------------------------------------------------------------- slow tier
 TRAIN = ["-m", "agents.train", "--num-envs", "16", "--eval-every", "0", "--eval-episodes", "16"]
 TRAIN += ["--samples", "1", "--quiet", "--num-epochs", "2"]
