@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import os
 import resource
@@ -413,10 +414,15 @@ def main() -> None:
         return memory_run(args)
     if args.memory:
         return memory(args)
-    results = [throughput(args, n) for n in args.num_envs]
+    results = []
+    for n in args.num_envs:
+        results.append(throughput(args, n))
+        agent = results[-1].pop("agent")
+        if n != args.num_envs[-1]:
+            del agent  # one agent's models at a time: the memory figure below is the last batch's
+            gc.collect()
     if len(results) > 1:
         summary(args, results)
-    agent = results[-1]["agent"]
     if args.iterations < 1:
         return
     before = peak_rss_gib()
