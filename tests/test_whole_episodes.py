@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.error import InvalidAction, ResetNeeded
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from agents import GRPO, PPO, EpsilonGreedyPPO
 from agents.rollout import collect, plays_whole_episodes
@@ -220,6 +221,55 @@ def test_an_accelerator_sampler_that_checks_for_the_end_every_8_tokens_plays_the
     _same_rollouts(first, second)
     longest = int(first.lengths.max())
     assert longest < 12 and longest != 8  # the sampler drew columns past the last end
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operations that read a tensor's values on the host (``bool()``, ``.item()``, ``nonzero``):
+    on a GPU each one waits for every kernel queued before it."""
+
+    READS = frozenset({"aten.is_nonzero", "aten.item", "aten._local_scalar_dense", "aten.nonzero"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.on = True
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if self.on and str(func.overloadpacket) in self.READS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("agent_class", [PPO, EpsilonGreedyPPO])
+def test_the_sampler_reads_nothing_back_from_the_device_between_its_checks_for_the_end(
+    make_agent_env, monkeypatch, agent_class
+) -> None:
+    """With the GPU's setting (a check every 8 tokens), sampling 16 more tokens per episode adds exactly
+    the 2 checks to the host reads made before ``play``: the policy's steps (and the reference's, for
+    the epsilon-greedy sampler) read nothing back, so there is no host round trip per token."""
+    import agents.rollout
+
+    monkeypatch.setattr(agents.rollout, "host_check_every", lambda device: 8)
+    settings: dict[str, Any] = {"epsilon": 0.3} if agent_class is EpsilonGreedyPPO else {}
+
+    def reads_before_play(tokens: int) -> tuple[int, int]:
+        agent = agent_class(make_agent_env(num_envs=4, max_new_tokens=tokens), seed=0, **settings)
+        _favour_eos(agent.model.policy, shift=-30.0)  # no episode ends before the last token
+        reads = _HostReads()
+        play = agent.env.unwrapped.play
+
+        def stop_counting(*args: Any, **kwargs: Any) -> Any:
+            reads.on = False
+            return play(*args, **kwargs)
+
+        agent.env.unwrapped.play = stop_counting
+        with reads:
+            rollout = agent.collect_rollout()
+        return reads.count, int(rollout.lengths.min())
+
+    (short, short_length), (long, long_length) = reads_before_play(8), reads_before_play(24)
+    assert (short_length, long_length) == (8, 24)
+    assert long - short == 2  # the checks after tokens 8 and 16; none per token
 
 
 def test_the_kv_cache_leaves_out_padding_columns_and_takes_a_later_prompt(reference, tokenizer) -> None:

@@ -81,6 +81,19 @@ def response_logprobs(
     return torch.cat(out) if out else torch.zeros(0, num_new)
 
 
+def step_attention_mask(model: PreTrainedModel, mask: torch.Tensor) -> torch.Tensor:
+    """The attention mask to pass for a one-token step over a cache whose columns ``mask`` (N, C) marks.
+
+    For SDPA attention (transformers' default) this is the equivalent 4D boolean mask (N, 1, 1, C), True
+    where a column is attended: given a 2D mask, transformers reads its values on the host to decide
+    whether it can drop it, which on a GPU is a synchronisation every token. A 4D mask is used as given.
+    Other attention implementations get ``mask`` unchanged (eager attention reads nothing back).
+    """
+    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+        return mask.bool()[:, None, None, :]
+    return mask
+
+
 class IncrementalLogprobs:
     """Next-token log-probs of ``num_slots`` sequences, advanced one token per step with a KV cache.
 
@@ -214,7 +227,7 @@ class IncrementalLogprobs:
         self.mask = torch.cat([self.mask, live.long()[:, None]], dim=1)  # (N, C + 1)
         out = self.model(
             input_ids=ids,
-            attention_mask=self.mask,
+            attention_mask=step_attention_mask(self.model, self.mask),
             position_ids=self.next_position[:, None],
             past_key_values=self.cache,
             use_cache=True,
