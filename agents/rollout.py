@@ -38,6 +38,7 @@ from agents.core import categorical, filter_logits, log_mixture
 from agents.policy import ActorCritic
 from textenv.config import EnvConstants
 from textenv.models import evaluating
+from textenv.sampling import host_check_every
 from textenv.scoring import IncrementalLogprobs
 
 #: ``(policy_logprobs (N, V), reference_logprobs (N, V) or None) -> exploration distribution U (N, V)``
@@ -349,13 +350,6 @@ def _step_through(
     if running.any():
         raise RuntimeError(f"{int(running.sum())} episode(s) did not end within max_new_tokens={T} steps")
     return out, env_seconds
-
-
-def host_check_every(device: torch.device) -> int:
-    """Every how many tokens the whole-episode sampler asks the host whether all episodes have ended: every
-    token on a CPU (where it costs nothing), every 8 on an accelerator (a synchronisation each time; the
-    steps drawn past the last end are not played)."""
-    return 1 if device.type == "cpu" else 8
 
 
 def _play_whole(

@@ -272,6 +272,42 @@ def test_the_sampler_reads_nothing_back_from_the_device_between_its_checks_for_t
     assert long - short == 2  # the checks after tokens 8 and 16; none per token
 
 
+def test_sampling_outside_the_env_reads_nothing_back_between_its_checks(
+    policy, tokenizer, monkeypatch
+) -> None:
+    """``textenv.sampling.sample_tokens_kv`` (task building, labelling) with the GPU's check every 8 tokens
+    draws the same responses as checking every token, and 16 more tokens add only the 2 checks."""
+    import textenv.sampling
+    from textenv.sampling import sample_tokens_kv
+
+    encoded = tokenizer(["the staff", "great", "overall it was"], padding=True, return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    assert not bool(mask.all())  # left padding in the batch
+
+    def sample(check_every: int, tokens: int, eos: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        monkeypatch.setattr(textenv.sampling, "host_check_every", lambda device: check_every)
+        reads = _HostReads()
+        with reads:
+            out = sample_tokens_kv(
+                policy,
+                ids,
+                mask,
+                max_new_tokens=tokens,
+                temperature=1.0,
+                eos_token_id=eos,
+                pad_token_id=tokenizer.pad_token_id,
+                generator=torch.Generator().manual_seed(0),
+            )
+        return *out, reads.count
+
+    short, long = sample(8, 8, None)[2], sample(8, 24, None)[2]  # no EOS: every row runs to the end
+    assert long - short == 2
+    _favour_eos(policy, shift=3.0)  # (its hook reads values itself: counted above, not here)
+    every_token, every_8 = sample(1, 24, tokenizer.eos_token_id), sample(8, 24, tokenizer.eos_token_id)
+    assert torch.equal(every_token[0], every_8[0]) and torch.equal(every_token[1], every_8[1])
+    assert 0 < int(every_8[1].min()) < 24  # some responses ended early
+
+
 def test_the_kv_cache_leaves_out_padding_columns_and_takes_a_later_prompt(reference, tokenizer) -> None:
     """A prefill of every slot drops the columns that are padding in every prompt (the cache then spans
     the longest prompt, not the prompt width); a slot restarted later still gets its prompt in full. The
