@@ -281,28 +281,29 @@ def throughput(args: argparse.Namespace, num_envs: int) -> dict[str, Any]:
                     timings[name].append((wall - rollout.env_seconds, cpu_s, tokens))
                 continue
             cpu, start = time.process_time(), time.perf_counter()
-            if name == "rollout":
-                rollout = collect(  # whole episodes: sampled, then env.play (the agents' default)
-                    env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=True
-                )
-                tokens = rollout.num_tokens
-                prompts = rollout.prompts
-            elif name == "rollout, stepped":  # the same prompts, stepping the env token by token
-                stepped = collect(
-                    env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=False
-                )
-                tokens = stepped.num_tokens
-            else:
-                tokens = generate(
-                    policy,
-                    tokenizer,
-                    prompts,
-                    max_new,
-                    temperature,
-                    seed=repeat,
-                    reference=reference if name != "generate" else None,
-                    reward=reward if name == "generate+score" else None,
-                )
+            with agent.autocast():  # every variant under --mixed-precision, as the agent runs
+                if name == "rollout":
+                    rollout = collect(  # whole episodes: sampled, then env.play (the agents' default)
+                        env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=True
+                    )
+                    tokens = rollout.num_tokens
+                    prompts = rollout.prompts
+                elif name == "rollout, stepped":  # the same prompts, stepping the env token by token
+                    stepped = collect(
+                        env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=False
+                    )
+                    tokens = stepped.num_tokens
+                else:
+                    tokens = generate(
+                        policy,
+                        tokenizer,
+                        prompts,
+                        max_new,
+                        temperature,
+                        seed=repeat,
+                        reference=reference if name != "generate" else None,
+                        reward=reward if name == "generate+score" else None,
+                    )
             wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu
             if repeat > 0:
                 timings[name].append((wall, cpu_s, tokens))
