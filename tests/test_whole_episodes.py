@@ -308,6 +308,54 @@ def test_sampling_outside_the_env_reads_nothing_back_between_its_checks(
     assert 0 < int(every_8[1].min()) < 24  # some responses ended early
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_the_kv_cache_of_other_families_matches_a_full_pass_and_reads_nothing_back(family, attention) -> None:
+    """Llama- and Qwen2-shaped models (rotary positions, grouped-query attention) through the KV cache: a
+    step's next-token log-probs equal one unpadded forward pass of each sequence (a slot left out of a
+    step keeps its own), and a step reads nothing back on the host, SDPA or eager attention."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    from textenv.scoring import IncrementalLogprobs
+
+    config_class, model_class = {
+        "llama": (LlamaConfig, LlamaForCausalLM),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    }[family]
+    config = config_class(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation=attention,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = model_class(config).eval()
+    sequences = [[3, 4, 5], [7], [9, 10, 11, 12]]
+    P = 4
+    ids, mask = torch.zeros(3, P, dtype=torch.long), torch.zeros(3, P, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, P - len(s) :], mask[i, P - len(s) :] = torch.tensor(s), 1
+    cache = IncrementalLogprobs(model, 3, P, 6, temperature=1.0, pad_token_id=0)
+    live = torch.tensor([True, True, False])
+    with torch.no_grad():
+        cache.prefill(torch.arange(3), ids, mask)
+        for token in (13, 14, 15):
+            reads = _HostReads()
+            with reads:
+                cache.advance_where(live, torch.full((3,), token))
+            assert reads.count == 0
+            for i in (0, 1):
+                sequences[i].append(token)
+            for i, s in enumerate(sequences):
+                expected = model(input_ids=torch.tensor([s])).logits[0, -1].float().log_softmax(-1)
+                torch.testing.assert_close(cache.next_logprobs[i], expected, atol=1e-5, rtol=0)
+
+
 def test_the_kv_cache_leaves_out_padding_columns_and_takes_a_later_prompt(reference, tokenizer) -> None:
     """A prefill of every slot drops the columns that are padding in every prompt (the cache then spans
     the longest prompt, not the prompt width); a slot restarted later still gets its prompt in full. The

@@ -89,7 +89,7 @@ def step_attention_mask(model: PreTrainedModel, mask: torch.Tensor) -> torch.Ten
     whether it can drop it, which on a GPU is a synchronisation every token. A 4D mask is used as given.
     Other attention implementations get ``mask`` unchanged (eager attention reads nothing back).
     """
-    if getattr(model.config, "_attn_implementation", None) == "sdpa":
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa":
         return mask.bool()[:, None, None, :]
     return mask
 
