@@ -34,13 +34,42 @@ def rollout_of(env, seed: int = 0):
     return collect(env, agent.model, generator=torch.Generator().manual_seed(seed), seed=seed)
 
 
+def llama_lm(tokenizer, seed: int) -> torch.nn.Module:
+    """A tiny Llama-shaped causal LM (rotary positions, grouped-query attention, gated MLP)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("placement", ["terminal", "per_token"])
-def test_the_shared_reference_gives_the_kl_of_a_separate_frozen_copy(make_vec, tokenizer, placement):
-    base = toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5)
+def test_the_shared_reference_gives_the_kl_of_a_separate_frozen_copy(make_vec, tokenizer, placement, family):
+    if family == "llama":
+        base = llama_lm(tokenizer, seed=1)
+    else:
+        base = toy.toy_causal_lm(tokenizer, seed=1, initializer_range=0.5)
     separate = frozen_copy(base)  # the reference as it would be without LoRA: a second copy of the base
     shared = make_vec(8, policy=base, reference=None, lora=4, kl_placement=placement)
     policy = shared.unwrapped.policy
     assert is_peft_model(policy) and isinstance(shared.unwrapped.reference, AdaptersOff)
+    wrapped = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in policy.named_parameters()}
+    every_linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert wrapped >= (every_linear if family == "llama" else {"c_attn", "c_proj", "c_fc"})
     perturb_adapters(policy)
     apart = make_vec(8, policy=policy, reference=separate, kl_placement=placement)
 

@@ -87,6 +87,36 @@ def test_own_policy_by_path_and_reward_as_module_function_then_resume(own_parts,
         main(["--resume", "run", "--reward-model", "my_rewards:score", *TINY])
 
 
+def test_a_llama_shaped_policy_by_path_trains_with_lora(own_parts, tokenizer, capsys):
+    """Not only GPT-2: a Llama-shaped LM saved to a folder loads by path, gets LoRA adapters (its reference
+    the adapters switched off), trains and is saved; its checkpoint loads with trained adapters."""
+    pytest.importorskip("peft")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(own_parts / "llama")
+    tokenizer.save_pretrained(own_parts / "llama")
+    parts = ["--policy", "llama", "--reward-model", "my_rewards:score", "--prompts", "prompts.txt"]
+    main([*parts, "--lora", "4", "--max-new-tokens", "6", "--timesteps", "100", "--run-dir", "run", *TINY])
+    assert "your own parts (no gold)" in capsys.readouterr().out
+    agent = PPO.load(own_parts / "run" / "checkpoint", "TextRLHF-v0")
+    policy = agent.model.policy
+    assert type(policy.get_base_model()).__name__ == "LlamaForCausalLM"
+    adapters = [p for name, p in policy.named_parameters() if "lora_B" in name]
+    assert adapters and any(bool(p.abs().sum() > 0) for p in adapters)  # B starts at zero: these trained
+
+
 def test_own_parts_need_a_reward_and_prompts_or_a_task(own_parts):
     with pytest.raises(SystemExit, match="needs --reward-model and --prompts"):
         main(["--policy", "lm", "--run-dir", "run", *TINY])
