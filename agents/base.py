@@ -275,14 +275,21 @@ class Agent:
                 scaler.update()
             else:
                 self.optimizer.step()
+        if self.autocast_dtype is not None:
+            torch.clear_autocast_cache()  # a cast copy of a weight from before this step is stale now
         return float(norm)
 
-    def autocast(self) -> Any:
+    def autocast(self, cache: bool = True) -> Any:
         """The context of the models' forward passes: ``torch.autocast`` to ``mixed_precision``'s dtype, or
-        nothing (``mixed_precision='no'``)."""
+        nothing (``mixed_precision='no'``).
+
+        ``cache``: keep each trainable weight's low-precision copy for the whole region (autocast's weight
+        cache). Right for a rollout, whose weights do not change and whose every token reads them again;
+        wrong for an update, whose optimizer steps change the weights inside the region: the update's
+        region runs without it (``cache=False``), and :meth:`optimizer_step` empties the cache besides."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=cache)
 
     def update_mode(self) -> None:
         """Put the policy in the mode of the update's passes: eval (no dropout, so that the ratio compares
@@ -389,7 +396,7 @@ class Agent:
                 lr = self.learning_rate_now()
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                with self.autocast():
+                with self.autocast(cache=False):  # the weights change inside: no cast copies kept
                     metrics = self.update(rollout)
                 done = time.perf_counter()
                 metrics = {**rollout_metrics(rollout), **metrics}

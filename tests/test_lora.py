@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from agents import PPO, REINFORCE
 from agents.rollout import collect
@@ -225,3 +226,69 @@ def test_mixed_precision_autocasts_the_passes_and_keeps_log_probs_in_float32(mak
         assert mixed.grad_scaler is not None and mixed.grad_scaler.get_scale() > 0
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         PPO(make_vec(2), mixed_precision="fp8")
+
+
+class _WeightCasts(TorchDispatchMode):
+    """Counts the casts of the given tensors (by storage) to a lower precision."""
+
+    def __init__(self, weights: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.storages = {w.data_ptr() for w in weights}
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        kwargs = kwargs or {}
+        dtype = kwargs.get("dtype", args[1] if len(args) > 1 and isinstance(args[1], torch.dtype) else None)
+        lower = dtype in (torch.bfloat16, torch.float16)
+        if lower and str(func.overloadpacket) in ("aten._to_copy", "aten.to"):
+            self.count += isinstance(args[0], torch.Tensor) and args[0].data_ptr() in self.storages
+        return func(*args, **kwargs)
+
+
+def test_a_mixed_precision_rollout_casts_each_weight_once_not_every_token(make_vec, tokenizer):
+    """Autocast keeps a cast copy of each trainable weight for its region, but not under inference mode:
+    the rollout's passes run under ``no_grad`` when autocast is on, so 16 more tokens cast nothing more."""
+
+    def casts(tokens: int) -> int:
+        env = make_vec(4, policy=toy.toy_causal_lm(tokenizer, seed=1), max_new_tokens=tokens)
+        agent = PPO(env, seed=0, mixed_precision="bf16")
+        counter = _WeightCasts([p for p in agent.model.policy.parameters() if p.dim() == 2])
+        with counter:
+            rollout = agent.collect_rollout()
+        assert int(rollout.lengths.max()) > 8 or tokens == 8
+        return counter.count
+
+    short, long = casts(8), casts(24)
+    assert short > 0 and long == short
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_every_minibatch_of_a_mixed_precision_update_sees_the_weights_of_the_last_step(
+    make_vec, tokenizer, precision
+):
+    """``torch.autocast`` keeps each trainable weight's low-precision copy until its outermost region ends.
+    An update whose optimizer steps ran inside one region would run every later minibatch on the weights
+    as cast before its first step (the PPO ratio then never moves). After every step, the policy's
+    forward pass in the update's context must equal that of a fresh copy of it."""
+    env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1))
+    agent = PPO(env, seed=0, mixed_precision=precision, num_minibatches=2, num_epochs=2)
+    policy = agent.model.policy
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        before = policy(input_ids=ids).logits.float()
+    gaps: list[float] = []
+    step = agent.optimizer_step
+
+    def step_then_compare(loss: torch.Tensor) -> float:
+        norm = step(loss)
+        with torch.no_grad():
+            here = policy(input_ids=ids).logits.float()
+            fresh = copy.deepcopy(policy)(input_ids=ids).logits.float()  # new tensors: nothing cached
+        gaps.append(float((here - fresh).abs().max()))
+        return norm
+
+    agent.optimizer_step = step_then_compare  # type: ignore[method-assign]
+    agent.learn(1)
+    assert len(gaps) == 4 and max(gaps) == 0.0
+    with torch.no_grad():
+        assert (policy(input_ids=ids).logits.float() - before).abs().max() > 1e-3  # the steps moved it

@@ -122,18 +122,25 @@ class evaluating:
 
     The env shares the policy with the agent, which may be in train mode; log-probs must not depend on
     dropout, and the agent's mode must not change under it.
+
+    Autograd is off through ``torch.inference_mode``, or through ``torch.no_grad`` where ``torch.autocast``
+    is on for the models' device: autocast keeps no cast copy of a weight under inference mode, so every
+    forward pass (every token of a rollout) would cast every weight again.
     """
 
     def __init__(self, *models: torch.nn.Module | None):
         self.models = [m for m in models if m is not None]
         self._modes: list[bool] = []
-        self._grad = torch.inference_mode()
+        self._grad: Any = None
 
     def __enter__(self) -> None:
         self._modes = [m.training for m in self.models]
         for m, mode in zip(self.models, self._modes, strict=True):
             if mode:  # switching modes walks every submodule: skip it for models already in eval mode
                 m.eval()
+        devices = {model_device(m).type for m in self.models}
+        casting = any(torch.is_autocast_enabled(device) for device in devices)
+        self._grad = torch.no_grad() if casting else torch.inference_mode()
         self._grad.__enter__()
 
     def __exit__(self, *exc: object) -> None:
