@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import sys
 
 import pytest
@@ -226,6 +227,23 @@ def test_mixed_precision_autocasts_the_passes_and_keeps_log_probs_in_float32(mak
         assert mixed.grad_scaler is not None and mixed.grad_scaler.get_scale() > 0
     with pytest.raises(ValueError, match="mixed_precision must be one of"):
         PPO(make_vec(2), mixed_precision="fp8")
+
+
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_a_bf16_base_with_float32_adapters_trains(make_vec, tokenizer, precision):
+    """The way to keep LoRA's frozen base from being cast on every pass: load it in bf16. The adapters
+    stay float32 (peft's default) and train, with autocast or without."""
+    base = toy.toy_causal_lm(tokenizer, seed=1).to(torch.bfloat16)
+    agent = PPO(make_vec(8, policy=base, reference=None, lora=4), seed=0, mixed_precision=precision)
+    policy = agent.model.policy
+    adapters = {n: p for n, p in policy.named_parameters() if "lora_" in n}
+    assert adapters and all(p.dtype == torch.float32 for p in adapters.values())
+    assert all(p.dtype == torch.bfloat16 for n, p in policy.named_parameters() if "base_layer" in n)
+    start = {n: p.detach().clone() for n, p in adapters.items()}
+    agent.learn(1)
+    assert all(math.isfinite(v) for v in agent.history[-1].values())
+    assert any(not torch.equal(start[n], p) for n, p in adapters.items())
+    assert agent.last_rollout is not None and agent.last_rollout.logprobs.dtype == torch.float32
 
 
 class _WeightCasts(TorchDispatchMode):
