@@ -356,6 +356,32 @@ def test_the_kv_cache_of_other_families_matches_a_full_pass_and_reads_nothing_ba
                 torch.testing.assert_close(cache.next_logprobs[i], expected, atol=1e-5, rtol=0)
 
 
+def test_the_4d_step_mask_goes_to_transformers_own_sdpa_models_only(tokenizer) -> None:
+    """SDPA models of transformers' own code (bare or wrapped in LoRA adapters) get the 4D mask; eager
+    attention and models whose forward is someone else's code (as with ``trust_remote_code``) the 2D one."""
+    from transformers import GPT2LMHeadModel
+
+    from textenv import toy
+    from textenv.lora import add_lora
+    from textenv.scoring import step_attention_mask
+
+    class OwnCode(GPT2LMHeadModel):
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            return super().forward(*args, **kwargs)
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    sdpa = toy.toy_causal_lm(tokenizer, seed=0)
+    assert sdpa.config._attn_implementation == "sdpa"
+    eager = toy.toy_causal_lm(tokenizer, seed=0)
+    eager.config._attn_implementation = "eager"
+    own = OwnCode(sdpa.config)
+    assert step_attention_mask(sdpa, mask).shape == (2, 1, 1, 3)
+    assert torch.equal(step_attention_mask(sdpa, mask)[:, 0, 0], mask.bool())
+    assert step_attention_mask(eager, mask) is mask and step_attention_mask(own, mask) is mask
+    pytest.importorskip("peft")
+    assert step_attention_mask(add_lora(toy.toy_causal_lm(tokenizer, seed=0), 4), mask).dim() == 4
+
+
 def test_the_kv_cache_leaves_out_padding_columns_and_takes_a_later_prompt(reference, tokenizer) -> None:
     """A prefill of every slot drops the columns that are padding in every prompt (the cache then spans
     the longest prompt, not the prompt width); a slot restarted later still gets its prompt in full. The

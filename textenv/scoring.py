@@ -87,11 +87,16 @@ def step_attention_mask(model: PreTrainedModel, mask: torch.Tensor) -> torch.Ten
     For SDPA attention (transformers' default) this is the equivalent 4D boolean mask (N, 1, 1, C), True
     where a column is attended: given a 2D mask, transformers reads its values on the host to decide
     whether it can drop it, which on a GPU is a synchronisation every token. A 4D mask is used as given.
-    Other attention implementations get ``mask`` unchanged (eager attention reads nothing back).
+    Other attention implementations get ``mask`` unchanged (eager attention reads nothing back), and so do
+    models whose code is not transformers' own (``trust_remote_code``), which may not take a 4D mask.
     """
-    if getattr(getattr(model, "config", None), "_attn_implementation", None) == "sdpa":
-        return mask.bool()[:, None, None, :]
-    return mask
+    from textenv.lora import base_forward_signature  # peft models: their base model's code
+
+    if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa":
+        return mask
+    if not str(getattr(base_forward_signature(model), "__module__", "")).startswith("transformers.models."):
+        return mask
+    return mask.bool()[:, None, None, :]
 
 
 class IncrementalLogprobs:
