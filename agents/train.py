@@ -9,7 +9,8 @@ changed.
     python -m agents.train --resume runs/rf1 --timesteps 300000   # continue a run to a new total
     python -m agents.train --help                       # every setting of every agent
     torchrun --nproc_per_node 2 -m agents.train         # data-parallel: 2 processes share the batch
-    python -m agents.train --lora 8 --gradient-checkpointing true --mixed-precision bf16 --device cuda
+    python -m agents.train --lora 8 --gradient-checkpointing true --mixed-precision bf16 --device cuda \
+        --frozen-dtype bfloat16                         # the frozen base held in bf16
 
 The parts: ``--task`` (a task of the suite, which fills in whatever is not given), ``--policy``,
 ``--reference``, ``--tokenizer`` (a local directory or a hub name), ``--reward-model`` (a directory, a hub
@@ -55,6 +56,7 @@ ENV_OPTIONS = (
     "max_prompt_tokens",
     "temperature",
     "lora",
+    "frozen_dtype",
 )
 #: The run's parts: what the env is made of (recorded in config.json; a resumed run keeps them).
 PART_OPTIONS = ("task", "policy", "reference", "tokenizer", "reward_model", "prompts", "holdout")
@@ -180,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RANK",
         help="train LoRA adapters of this rank (peft) instead of the whole policy; the reference is the "
         "policy with its adapters off (one copy of the weights). Default: full fine-tuning",
+    )
+    env.add_argument(
+        "--frozen-dtype",
+        choices=("float32", "bfloat16", "float16"),
+        help="hold the weights that never train (the reference; with --lora the policy's base) in this "
+        "dtype: half the memory, and no cast of them on every pass under --mixed-precision. Default: as "
+        "loaded",
     )
     group = parser.add_argument_group("agent settings (each applies to the agents that have it)")
     defaults: dict[str, dict[str, Any]] = {}  # field -> {agent: default}

@@ -23,14 +23,20 @@ CPU seconds. The rollout is also timed without the env's share (``sampling``: th
 the time spent in the env's reset and steps, which score the finished episodes), the part of it that does
 what ``generate`` does. Then ``--iterations`` PPO iterations, with the peak resident memory of the process.
 
+``--lora RANK`` measures a LoRA policy instead (its reference the adapters switched off, so the
+baselines' reference pass is the base's too), and ``--frozen-dtype bfloat16`` holds the frozen weights
+(the reference; with LoRA the base) in bf16 (the env's ``frozen_dtype``).
+
 ``--memory`` instead measures PPO iterations in a fresh process per setting: full fine-tuning (the
 reference a frozen copy) against LoRA (the reference the adapters switched off), each with and without
-gradient checkpointing; peak resident memory of the process before and after training, and time.
+gradient checkpointing and with its frozen weights in bf16; peak resident memory of the process before
+and after training, and time.
 
 ``--shape 1b`` builds a ~1B-shaped policy instead (20 blocks of width 2048, 16 heads: 1.0B parameters in
 the blocks), for an accelerator.
 
     python benchmarks/real_size.py [--num-envs 64] [--repeats 3] [--threads 2] [--device cpu] [--shape 124m]
+    python benchmarks/real_size.py --lora 8 --frozen-dtype bfloat16 --mixed-precision bf16
     python benchmarks/real_size.py --memory [--lora 8] [--iterations 1]
 """
 
@@ -144,20 +150,27 @@ def generate(
 MEMORY_SETTINGS = {
     "full fine-tuning": {"lora": False, "checkpointing": False},
     "full + checkpointing": {"lora": False, "checkpointing": True},
+    "full, reference in bf16": {"lora": False, "checkpointing": False, "frozen_dtype": "bfloat16"},
     "LoRA": {"lora": True, "checkpointing": False},
     "LoRA + checkpointing": {"lora": True, "checkpointing": True},
+    "LoRA, base in bf16": {"lora": True, "checkpointing": False, "frozen_dtype": "bfloat16"},
 }
 
 
 def make_agent(
-    args: argparse.Namespace, num_envs: int, lora: bool = False, checkpointing: bool = False
+    args: argparse.Namespace,
+    num_envs: int,
+    lora: bool = False,
+    checkpointing: bool = False,
+    frozen_dtype: str | None = None,
 ) -> PPO:
     """PPO on the default task with the 124M-shaped policy: its reference a frozen copy, or, with LoRA, the
-    policy with its adapters off."""
+    policy with its adapters off; ``frozen_dtype``: the env's (those frozen weights held in that dtype)."""
     task = tasks.load("reviews")
     tokenizer = load_tokenizer(task.assets / "policy")
     policy = build_policy(tokenizer, shape=args.shape).to(args.device)
-    settings: dict[str, Any] = {"lora": args.lora} if lora else {"reference": copy.deepcopy(policy)}
+    settings: dict[str, Any] = {"lora": args.lora or 8} if lora else {"reference": copy.deepcopy(policy)}
+    settings["frozen_dtype"] = frozen_dtype
     env = gym.make_vec(
         "TextRLHF-v0",
         num_envs=num_envs,
@@ -221,7 +234,7 @@ def memory(args: argparse.Namespace) -> None:
             "--threads",
             str(args.threads),
             "--lora",
-            str(args.lora),
+            str(args.lora or 8),
         ]
         command += ["--device", args.device, "--mixed-precision", args.mixed_precision, "--shape", args.shape]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -232,7 +245,7 @@ def memory(args: argparse.Namespace) -> None:
     print(
         f"\nPPO on the default task, {args.shape}-shaped policy, batch {args.num_envs[0]}, "
         f"{args.iterations} iteration(s), {args.threads} threads, device {args.device}, "
-        f"mixed precision {args.mixed_precision}, LoRA rank {args.lora}"
+        f"mixed precision {args.mixed_precision}, LoRA rank {args.lora or 8}"
     )
     gpu = args.device.startswith("cuda")
     print(
@@ -256,7 +269,15 @@ def memory(args: argparse.Namespace) -> None:
 def throughput(args: argparse.Namespace, num_envs: int) -> dict[str, Any]:
     """Every variant on a batch of ``num_envs`` prompts, interleaved, ``--repeats`` times after a warm-up:
     the lines of each run and the medians, printed; the medians (tokens/s, per wall and per CPU second)."""
-    agent = make_agent(args, num_envs)
+    agent = make_agent(args, num_envs, lora=args.lora is not None)
+    # --frozen-dtype: a second agent like the first (the same weights) whose frozen weights are held in
+    # that dtype, its rollout timed among the others
+    frozen = f"rollout, frozen {args.frozen_dtype}" if args.frozen_dtype else None
+    held = (
+        make_agent(args, num_envs, lora=args.lora is not None, frozen_dtype=args.frozen_dtype)
+        if frozen
+        else None
+    )
     env = agent.env
     policy = agent.model.policy
     reference = env.unwrapped.reference  # type: ignore[attr-defined]
@@ -268,9 +289,11 @@ def throughput(args: argparse.Namespace, num_envs: int) -> dict[str, Any]:
         f"policy: {args.shape}-shaped, {params / 1e6:.1f}M parameters; batch {num_envs}, "
         f"{max_new} new tokens, {args.threads} threads, device {args.device}, "
         f"mixed precision {args.mixed_precision}"
+        + (f", LoRA rank {args.lora} (the reference its base)" if args.lora else "")
     )
 
-    variants = ("rollout", "sampling", "rollout, stepped", "generate", "generate+reference", "generate+score")
+    variants: tuple[str, ...] = ("rollout", "sampling", "rollout, stepped", "generate", "generate+reference")
+    variants += ("generate+score",) + ((frozen,) if frozen else ())
     timings: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
     reward = engine.reward_model
     rollout, wall, cpu_s, tokens = None, 0.0, 0.0, 0
@@ -288,6 +311,10 @@ def throughput(args: argparse.Namespace, num_envs: int) -> dict[str, Any]:
                     )
                     tokens = rollout.num_tokens
                     prompts = rollout.prompts
+                elif name == frozen and held is not None:  # the same prompts, frozen weights held
+                    tokens = collect(
+                        held.env, held.model, generator=held.generator, seed=repeat, whole_episodes=True
+                    ).num_tokens
                 elif name == "rollout, stepped":  # the same prompts, stepping the env token by token
                     stepped = collect(
                         env, agent.model, generator=agent.generator, seed=repeat, whole_episodes=False
@@ -331,17 +358,21 @@ def throughput(args: argparse.Namespace, num_envs: int) -> dict[str, Any]:
         "exact-KL rollout does)"
     )
     print(f"  rollout / rollout, stepped: {rates['rollout'] / rates['rollout, stepped']:.2f} (wall)")
+    if frozen:
+        print(f"  {frozen} / rollout: {rates[frozen] / rates['rollout']:.2f} (wall)")
     return {"num_envs": num_envs, "rates": rates, "cpu_rates": cpu_rates, "agent": agent}
 
 
 def summary(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     """A table of the ratios at every batch, and with ``--plot`` their plot."""
+    frozen = f"rollout, frozen {args.frozen_dtype}" if args.frozen_dtype else None
     print(f"\n{args.shape}-shaped policy, device {args.device}: tokens/s, medians of {args.repeats}")
     print(
         "| batch | rollout | its sampling | generate | generate + reference | generate + scoring | "
         "rollout / generate | rollout / (generate + reference) | sampling / generate |"
+        + (f" {frozen} | its rollout / rollout |" if frozen else "")
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if frozen else ""))
     for r in results:
         rate = r["rates"]
         over_reference = rate["rollout"] / rate["generate+reference"]
@@ -350,6 +381,7 @@ def summary(args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
             f"{rate['generate+reference']:.1f} | {rate['generate+score']:.1f} | "
             f"{rate['rollout'] / rate['generate']:.2f} | {over_reference:.2f} | "
             f"{rate['sampling'] / rate['generate']:.2f} |"
+            + (f" {rate[frozen]:.1f} | {rate[frozen] / rate['rollout']:.2f} |" if frozen else "")
         )
     print(f"load average {os.getloadavg()[0]:.1f}")
     if args.plot is None:
@@ -408,7 +440,18 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument("--memory", action="store_true", help="peak memory with and without LoRA")
     parser.add_argument("--memory-setting", choices=tuple(MEMORY_SETTINGS), help=argparse.SUPPRESS)
-    parser.add_argument("--lora", type=int, default=8, help="LoRA rank of --memory")
+    parser.add_argument(
+        "--lora",
+        type=int,
+        help="LoRA rank: a LoRA policy for the throughput (its reference the adapters switched off); the "
+        "rank of --memory's LoRA rows (default 8)",
+    )
+    parser.add_argument(
+        "--frozen-dtype",
+        choices=("bfloat16", "float16"),
+        help="hold the frozen weights (the reference; with --lora the base) in this dtype (the env's "
+        "frozen_dtype) for the throughput; --memory has rows with and without bf16",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_setting:

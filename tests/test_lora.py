@@ -7,6 +7,7 @@ import json
 import math
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -155,12 +156,13 @@ def test_lora_settings_are_checked(make_vec, monkeypatch):
 def test_the_training_command_trains_lora_and_resumes(tmp_path, capsys):
     run = tmp_path / "run"
     tiny = ["--num-envs", "8", "--eval-episodes", "8", "--samples", "1", "--save-every", "1", "--quiet"]
-    main(["--lora", "4", "--timesteps", "150", "--run-dir", str(run), *tiny])
+    main(["--lora", "4", "--frozen-dtype", "bfloat16", "--timesteps", "150", "--run-dir", str(run), *tiny])
     out = capsys.readouterr().out
     assert "trained" in out
     assert (run / "checkpoint" / "policy" / "adapter_config.json").is_file()
     config = json.loads((run / "config.json").read_text(encoding="utf-8"))
     assert config["config"]["env_kwargs"]["lora"] == 4
+    assert config["config"]["env_kwargs"]["frozen_dtype"] == "bfloat16"  # a resumed run remakes its env so
     main(["--resume", str(run), "--timesteps", "300", *tiny[2:]])
     state = json.loads((run / "checkpoint" / "state.json").read_text(encoding="utf-8"))
     assert state["num_timesteps"] >= 300
@@ -310,3 +312,77 @@ def test_every_minibatch_of_a_mixed_precision_update_sees_the_weights_of_the_las
     assert len(gaps) == 4 and max(gaps) == 0.0
     with torch.no_grad():
         assert (policy(input_ids=ids).logits.float() - before).abs().max() > 1e-3  # the steps moved it
+
+
+# ------------------------------------------------------------------------------ frozen weights in bf16
+@pytest.mark.parametrize("lora", [None, 4])
+def test_frozen_dtype_holds_the_weights_that_never_train_in_bf16_and_training_goes_on(
+    make_vec, tokenizer, lora
+):
+    """``frozen_dtype``: the reference (a frozen copy, or with LoRA the base under the adapters) in bf16,
+    the weights that train as they were; a bf16 rollout then casts no frozen weight, and PPO trains."""
+    env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, lora=lora,
+                   frozen_dtype=torch.bfloat16, max_new_tokens=12)  # fmt: skip
+    policy, reference = env.unwrapped.policy, env.unwrapped.reference
+    trained = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    frozen = [p for p in reference.parameters() if not p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained.values())
+    assert frozen and all(p.dtype == torch.bfloat16 for p in frozen)
+    if lora:  # one copy of the base: the policy's frozen weights are the reference's
+        assert all(p.dtype == torch.bfloat16 for n, p in policy.named_parameters() if "base_layer" in n)
+    else:
+        assert len(trained) == len(list(policy.parameters()))  # a policy trained whole is left as it is
+
+    agent = PPO(env, seed=0, mixed_precision="bf16")
+    counter = _WeightCasts([p for p in frozen if p.dim() == 2])
+    with counter:
+        rollout = agent.collect_rollout()
+    assert counter.count == 0 and int(rollout.lengths.max()) > 1
+    assert rollout.ref_logprobs.dtype == torch.float32 and torch.isfinite(rollout.kl).all()
+    start = {n: p.detach().clone() for n, p in trained.items()}
+    frozen_start = [p.detach().clone() for p in frozen]
+    agent.learn(1)
+    assert all(math.isfinite(v) for v in agent.history[-1].values())
+    assert any(not torch.equal(start[n], p) for n, p in trained.items())
+    assert all(b.dtype == torch.bfloat16 for b in frozen)
+    assert all(torch.equal(a, b) for a, b in zip(frozen_start, frozen, strict=True))
+
+
+def test_a_float32_lora_base_is_cast_on_every_pass_of_a_bf16_rollout(make_vec, tokenizer):
+    """What ``frozen_dtype`` spares: left in float32, LoRA's base is cast again at every token."""
+    env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, lora=4, max_new_tokens=12)
+    agent = PPO(env, seed=0, mixed_precision="bf16")
+    base = [p for n, p in agent.model.policy.named_parameters() if "base_layer" in n and p.dim() == 2]
+    counter = _WeightCasts(base)
+    with counter:
+        rollout = agent.collect_rollout()
+    assert counter.count >= len(base) * int(rollout.lengths.max())
+
+
+def test_frozen_dtype_names_and_what_it_leaves_alone(make_vec, tokenizer):
+    from textenv.config import EnvConfig
+    from textenv.models import cast_frozen_weights
+
+    assert EnvConfig(frozen_dtype="bf16").frozen_dtype == "bfloat16"
+    assert EnvConfig(frozen_dtype=torch.float16).frozen_dtype == "float16"
+    assert EnvConfig().frozen_dtype is None
+    for wrong in ("int8", torch.int8, 16):
+        with pytest.raises(ValueError, match="frozen_dtype must be None or one of 'float32'"):
+            EnvConfig(frozen_dtype=wrong)
+    # buffers (rotary frequencies), weights that train and the modules a model keeps in float32 stay
+    model = llama_lm(tokenizer, seed=0).requires_grad_(False)
+    model.model.layers[0].mlp.requires_grad_(True)
+    model._keep_in_fp32_modules = ["lm_head"]
+    changed = cast_frozen_weights(model, torch.bfloat16)
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert changed == sum(d == torch.bfloat16 for d in dtypes.values()) > 0
+    assert dtypes["lm_head.weight"] == torch.float32 and dtypes["model.embed_tokens.weight"] == torch.bfloat16
+    assert all(d == torch.float32 for n, d in dtypes.items() if ".mlp." in n and ".layers.0." in n)
+    assert all(b.dtype == torch.float32 for n, b in model.named_buffers() if "inv_freq" in n)
+    # a bf16 reference runs without autocast too (as agents' evaluations do)
+    env = make_vec(4, policy=None, reference=llama_lm(tokenizer, seed=0), frozen_dtype="bfloat16",
+                   kl_placement="per_token")  # fmt: skip
+    env.reset(seed=0)
+    *_, infos = env.step(env.action_space.sample())
+    assert env.unwrapped.reference.lm_head.weight.dtype == torch.bfloat16
+    assert np.all(np.isfinite(infos["ref_logprob"])) and np.all(infos["ref_logprob"] < 0)

@@ -168,6 +168,7 @@ class EnvConfig:
     kl_horizon: float = 10_000
     device: Any = None
     lora: Any = None
+    frozen_dtype: Any = None
     render_mode: str | None = None
     truncate_prompts: bool = False
     reward_label: str | int | None = None
@@ -191,6 +192,9 @@ class EnvConfig:
             from textenv.lora import lora_settings
 
             lora_settings(self.lora)  # a wrong type or rank fails here, before any model loads
+        from textenv.models import frozen_dtype_name
+
+        set_(self, "frozen_dtype", frozen_dtype_name(self.frozen_dtype))
         check_choice("render_mode", self.render_mode, RENDER_MODES, optional=True)
         set_(self, "truncate_prompts", check_bool("truncate_prompts", self.truncate_prompts))
         set_(self, "trust_remote_code", check_bool("trust_remote_code", self.trust_remote_code))

@@ -21,6 +21,8 @@ from textenv.config import EnvConfig, EnvConstants, KLPlacement, check_float, ch
 from textenv.kl import AdaptiveKLController, get_estimator
 from textenv.lora import AdaptersOff, add_lora, is_peft_model
 from textenv.models import (
+    FROZEN_DTYPES,
+    cast_frozen_weights,
     evaluating,
     frozen_copy,
     load_causal_lm,
@@ -131,6 +133,13 @@ class RLHFEngine:
             reference, device=self.device, trust_remote_code=trust_remote_code
         )
         self.reference.requires_grad_(False)
+        if config.frozen_dtype is not None:
+            # the weights that never train: the reference's, and a LoRA policy's base (shared with its
+            # reference view); a policy trained whole has none and stays as it is
+            dtype = FROZEN_DTYPES[config.frozen_dtype]
+            for model in (self.policy, self.reference):
+                if model is not None and not isinstance(model, AdaptersOff):
+                    cast_frozen_weights(model, dtype)
         self.vocab_size = output_vocab_size(self.reference)
         if self.policy is not None and output_vocab_size(self.policy) != self.vocab_size:
             raise ValueError(

@@ -103,6 +103,57 @@ def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
     return reference
 
 
+#: ``frozen_dtype`` names and the dtype each holds the frozen weights in (``None``: as loaded).
+FROZEN_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def frozen_dtype_name(value: Any) -> str | None:
+    """``frozen_dtype`` checked and named as torch names it (``"bfloat16"``): None, a name of
+    :data:`FROZEN_DTYPES` or one of those torch dtypes."""
+    if value is None:
+        return None
+    if isinstance(value, torch.dtype):
+        names = {dtype: str(dtype).removeprefix("torch.") for dtype in FROZEN_DTYPES.values()}
+        if value in names:
+            return names[value]
+    elif isinstance(value, str) and value in FROZEN_DTYPES:
+        return str(FROZEN_DTYPES[value]).removeprefix("torch.")
+    raise ValueError(
+        f"frozen_dtype must be None or one of {', '.join(map(repr, FROZEN_DTYPES))} (or that torch dtype), "
+        f"got {value!r}"
+    )
+
+
+def cast_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Hold every frozen floating-point parameter of ``model`` (``requires_grad`` off) in ``dtype``, in
+    place; trained parameters, buffers (rotary frequencies, say) and the modules a transformers model
+    keeps in float32 (``_keep_in_fp32_modules``) stay as they are. Returns how many parameters changed.
+
+    Under ``torch.autocast`` a float32 weight that does not train is cast again on every forward pass
+    (autocast keeps cast copies only of trained weights): held in the autocast dtype it is read as it is,
+    and takes half the memory. Outside autocast a model of bf16 weights runs in bf16 throughout.
+    """
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    changed = 0
+    seen: set[int] = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in seen or parameter.requires_grad or not parameter.is_floating_point():
+            continue
+        seen.add(id(parameter))
+        if parameter.dtype == dtype or any(part in name.split(".") for part in keep):
+            continue
+        parameter.data = parameter.data.to(dtype)
+        changed += 1
+    return changed
+
+
 def output_vocab_size(model: PreTrainedModel) -> int:
     """Number of logits the model produces per position, i.e. the size of the action space."""
     head = model.get_output_embeddings()
