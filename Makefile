@@ -81,9 +81,12 @@ bench-gpu: $(STAMP)
 		--repeats 5 --iterations 1 --plot $(GPU_OUT)/ratios-124m.png > $(GPU_OUT)/real-size-124m.txt
 	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --shape 1b \
 		--num-envs 64 256 512 --repeats 3 --iterations 0 --plot $(GPU_OUT)/ratios-1b.png > $(GPU_OUT)/real-size-1b.txt
+	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --lora 8 --frozen-dtype bfloat16 \
+		--num-envs 64 256 --repeats 3 --iterations 0 > $(GPU_OUT)/lora-bf16-base.txt
 	$(BIN)/python benchmarks/real_size.py --memory --device cuda --mixed-precision bf16 > $(GPU_OUT)/memory.txt
 	$(BIN)/python benchmarks/data_parallel.py --device cuda --seeds 3 --out $(GPU_OUT)/data-parallel
-	cat $(GPU_OUT)/real-size-124m.txt $(GPU_OUT)/real-size-1b.txt $(GPU_OUT)/memory.txt
+	cat $(GPU_OUT)/real-size-124m.txt $(GPU_OUT)/real-size-1b.txt $(GPU_OUT)/lora-bf16-base.txt \
+		$(GPU_OUT)/memory.txt
 
 # PPO with and without the pretraining mix on the default task, 3 seeds, 12 evaluations each (about 45 min
 # with 2 workers; resumable), then the alignment tax at equal gold

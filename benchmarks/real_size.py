@@ -43,7 +43,6 @@ the blocks), for an accelerator.
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import os
@@ -169,8 +168,10 @@ def make_agent(
     task = tasks.load("reviews")
     tokenizer = load_tokenizer(task.assets / "policy")
     policy = build_policy(tokenizer, shape=args.shape).to(args.device)
-    settings: dict[str, Any] = {"lora": args.lora or 8} if lora else {"reference": copy.deepcopy(policy)}
-    settings["frozen_dtype"] = frozen_dtype
+    # no reference given: the env makes it, a frozen copy of the policy (in frozen_dtype as it copies)
+    settings: dict[str, Any] = {"lora": args.lora or 8, "frozen_dtype": frozen_dtype}
+    if not lora:
+        settings.pop("lora")
     env = gym.make_vec(
         "TextRLHF-v0",
         num_envs=num_envs,

@@ -46,7 +46,8 @@ class Page:
     def __init__(self, session: LabellingSession):
         self.server = make_server(session, port=0)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # a short poll: shutdown() waits for the loop's next poll (half a second by default)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()
 
     def get(self, path: str):

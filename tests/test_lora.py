@@ -379,6 +379,18 @@ def test_frozen_dtype_names_and_what_it_leaves_alone(make_vec, tokenizer):
     assert dtypes["lm_head.weight"] == torch.float32 and dtypes["model.embed_tokens.weight"] == torch.bfloat16
     assert all(d == torch.float32 for n, d in dtypes.items() if ".mlp." in n and ".layers.0." in n)
     assert all(b.dtype == torch.float32 for n, b in model.named_buffers() if "inv_freq" in n)
+    # the reference made as a frozen copy is made in bf16 as it is copied: the same weights as a copy
+    # cast after, tied weights still tied, no storage shared with the policy
+    policy = toy.toy_causal_lm(tokenizer, seed=1)
+    copied = frozen_copy(policy, torch.bfloat16)
+    cast = frozen_copy(policy)
+    cast_frozen_weights(cast, torch.bfloat16)
+    assert copied.state_dict().keys() == cast.state_dict().keys()
+    assert all(torch.equal(v, cast.state_dict()[k]) for k, v in copied.state_dict().items())
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in copied.parameters())
+    assert copied.lm_head.weight is copied.transformer.wte.weight
+    assert not {p.data_ptr() for p in copied.parameters()} & {p.data_ptr() for p in policy.parameters()}
+    assert all(p.dtype == torch.float32 for p in policy.parameters())
     # a bf16 reference runs without autocast too (as agents' evaluations do)
     env = make_vec(4, policy=None, reference=llama_lm(tokenizer, seed=0), frozen_dtype="bfloat16",
                    kl_placement="per_token")  # fmt: skip

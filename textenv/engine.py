@@ -128,7 +128,10 @@ class RLHFEngine:
         if reference is None:
             assert self.policy is not None
             # LoRA: the base weights are the reference (the adapters switched off), not a second copy
-            reference = AdaptersOff(self.policy) if is_peft_model(self.policy) else frozen_copy(self.policy)
+            frozen = FROZEN_DTYPES[config.frozen_dtype] if config.frozen_dtype is not None else None
+            reference = (
+                AdaptersOff(self.policy) if is_peft_model(self.policy) else frozen_copy(self.policy, frozen)
+            )
         self.reference: PreTrainedModel = load_causal_lm(
             reference, device=self.device, trust_remote_code=trust_remote_code
         )

@@ -131,13 +131,14 @@ class TextRLHFEnv(EngineEnv, gym.Env[dict[str, np.ndarray], Any]):
       copy of the weights), unless ``reference`` is given. A policy that is a peft model already gets that
       reference without ``lora``. See ``textenv.lora``.
     * ``frozen_dtype``: hold the weights that never train in ``"bfloat16"`` (``"float16"``, ``"float32"``,
-      or that torch dtype): the reference's, and with LoRA the policy's base (its adapters stay as peft
-      made them, float32). A policy trained whole stays as it is. ``None`` (default): as loaded. Halves
-      their memory, and under ``torch.autocast`` (an agent's ``mixed_precision``) spares a cast of every
-      frozen weight on every forward pass. A reference object you pass is changed in place. Such a
-      reference runs in bf16 throughout, also outside autocast, so its log-probs move by bf16's rounding
-      (on the default task at the start, where policy and reference are one model: 0.009 nats per token
-      apart on average, 0.002 nats of KL per episode; bf16 autocast alone makes it 0.001).
+      or that torch dtype): the reference's, and with LoRA the policy's base (the adapters stay float32,
+      as peft makes them). A policy trained whole and the reward model stay as they are. ``None``
+      (default): as loaded. Halves their memory, and under ``torch.autocast`` (an agent's
+      ``mixed_precision``) spares a cast of every frozen weight on every forward pass. A reference object
+      you pass is changed in place. Such weights compute in bf16 also outside autocast: the reference's
+      log-probs move by bf16's rounding (on the default task at the start, where policy and reference are
+      one model: 0.009 nats per token apart, 0.002 nats of KL per episode; bf16 autocast alone makes it
+      0.001), and a LoRA policy's passes run on its bf16 base.
     * ``render_mode``: ``"ansi"`` returns the text so far from ``render()``.
     * ``trust_remote_code``: passed to ``from_pretrained``; off unless you turn it on.
 

@@ -95,9 +95,18 @@ def tokenizer_source(model_spec: Any) -> str | None:
     return name or None
 
 
-def frozen_copy(model: PreTrainedModel) -> PreTrainedModel:
-    """A deep copy in eval mode with gradients off: the reference of an RLHF run."""
-    reference = copy.deepcopy(model)
+def frozen_copy(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A deep copy in eval mode with gradients off: the reference of an RLHF run.
+
+    ``dtype``: its floating-point parameters made in that dtype as they are copied (as
+    :func:`cast_frozen_weights` would leave them), so that no full-precision copy is made first.
+    """
+    memo: dict[int, Any] = {}
+    if dtype is not None:
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            if parameter.is_floating_point() and parameter.dtype != dtype and not _kept_in_fp32(model, name):
+                memo[id(parameter)] = torch.nn.Parameter(parameter.detach().to(dtype), requires_grad=False)
+    reference = copy.deepcopy(model, memo)
     reference.eval()
     reference.requires_grad_(False)
     return reference
@@ -140,18 +149,23 @@ def cast_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
     (autocast keeps cast copies only of trained weights): held in the autocast dtype it is read as it is,
     and takes half the memory. Outside autocast a model of bf16 weights runs in bf16 throughout.
     """
-    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
     changed = 0
     seen: set[int] = set()
     for name, parameter in model.named_parameters(remove_duplicate=False):
         if id(parameter) in seen or parameter.requires_grad or not parameter.is_floating_point():
             continue
         seen.add(id(parameter))
-        if parameter.dtype == dtype or any(part in name.split(".") for part in keep):
+        if parameter.dtype == dtype or _kept_in_fp32(model, name):
             continue
         parameter.data = parameter.data.to(dtype)
         changed += 1
     return changed
+
+
+def _kept_in_fp32(model: torch.nn.Module, name: str) -> bool:
+    """Whether parameter ``name`` is in a module the transformers model keeps in float32."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    return any(part in name.split(".") for part in keep)
 
 
 def output_vocab_size(model: PreTrainedModel) -> int:
