@@ -14,7 +14,8 @@ resumes where it stopped; a run cut off half-way starts again from its beginning
 
 An agent is a name (``ppo``, ``grpo``, ``reinforce``, ``egreedy``; ``trl-grpo``, ``trl-rloo`` with
 ``pip install textenv[peers]``) with optional settings after a colon: an agent's config fields, or for
-ours the env's ``kl_coef``/``kl_target``/``kl_horizon``; for trl, fields of ``GRPOConfig``/``RLOOConfig``.
+ours the env's ``kl_coef``/``kl_target``/``kl_horizon``/``lora``/``frozen_dtype``; for trl, fields of
+``GRPOConfig``/``RLOOConfig``.
 
 The protocol, the same for every algorithm: a fixed-seed share (``--holdout``) of the task's prompts is
 held out of training; at ``--eval-points`` evenly spaced points of the budget (and at the start) the
@@ -46,7 +47,7 @@ OURS = ("ppo", "grpo", "reinforce", "egreedy")
 PEERS = ("trl-grpo", "trl-rloo")
 AGENTS = OURS + PEERS
 #: Settings of our agents that go to the env rather than to the agent's config.
-ENV_SETTINGS = ("kl_coef", "kl_target", "kl_horizon")
+ENV_SETTINGS = ("kl_coef", "kl_target", "kl_horizon", "lora", "frozen_dtype")
 RESULTS = "results.jsonl"
 EVAL_SEED = 12345
 #: A results line keeps at most this many rows of a run's training metrics (evenly spaced, the last kept):
