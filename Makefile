@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum |
 
 TASKS ?= reviews verbosity sorting treasure requests
 
-.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-real-size bench-gpu bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
+.PHONY: setup setup-peers demo play test test-slow lint bench bench-data-parallel bench-memory bench-real-size bench-gpu bench-gpu-124m bench-gpu-1b bench-gpu-lora bench-gpu-memory bench-gpu-data-parallel bench-alignment-tax bench-linear-rm bench-sft bench-suite bench-vs-trl bench-vs-trl-fine bench-reinforce-decay bench-lr-screen bench-overopt tune tune-suite bench-tuned-check assets clean
 
 setup: $(STAMP)
 
@@ -71,22 +71,36 @@ bench-real-size: $(STAMP)
 		--plot benchmarks/results/real-size/ratios.png > benchmarks/results/real-size/report.txt
 	cat benchmarks/results/real-size/report.txt
 
-# on a machine with an NVIDIA GPU (not run by any test): the rollout against generate for a 124M- and a
-# ~1B-shaped policy at batches 64 to 512 in bf16, the memory of the 124M one, and the data-parallel curves
-# with a GPU per process (processes share a GPU when there are fewer)
+# on a machine with an NVIDIA GPU (not run by any test), in pieces that are targets of their own: the
+# rollout against generate for a 124M- and a ~1B-shaped policy at batches 64 to 512 in bf16, a LoRA rollout
+# on a float32 against a bf16 base, the memory of the 124M one, and the data-parallel curves with a GPU per
+# process (processes share a GPU when there are fewer)
 GPU_OUT := benchmarks/results/gpu
-bench-gpu: $(STAMP)
+bench-gpu: bench-gpu-124m bench-gpu-1b bench-gpu-lora bench-gpu-memory bench-gpu-data-parallel
+	cat $(GPU_OUT)/real-size-124m.txt $(GPU_OUT)/real-size-1b.txt $(GPU_OUT)/lora-bf16-base.txt \
+		$(GPU_OUT)/memory.txt
+
+bench-gpu-124m: $(STAMP)
 	mkdir -p $(GPU_OUT)
 	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --num-envs 64 128 256 512 \
 		--repeats 5 --iterations 1 --plot $(GPU_OUT)/ratios-124m.png > $(GPU_OUT)/real-size-124m.txt
+
+bench-gpu-1b: $(STAMP)
+	mkdir -p $(GPU_OUT)
 	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --shape 1b \
 		--num-envs 64 256 512 --repeats 3 --iterations 0 --plot $(GPU_OUT)/ratios-1b.png > $(GPU_OUT)/real-size-1b.txt
+
+bench-gpu-lora: $(STAMP)
+	mkdir -p $(GPU_OUT)
 	$(BIN)/python benchmarks/real_size.py --device cuda --mixed-precision bf16 --lora 8 --frozen-dtype bfloat16 \
 		--num-envs 64 256 --repeats 3 --iterations 0 > $(GPU_OUT)/lora-bf16-base.txt
+
+bench-gpu-memory: $(STAMP)
+	mkdir -p $(GPU_OUT)
 	$(BIN)/python benchmarks/real_size.py --memory --device cuda --mixed-precision bf16 > $(GPU_OUT)/memory.txt
+
+bench-gpu-data-parallel: $(STAMP)
 	$(BIN)/python benchmarks/data_parallel.py --device cuda --seeds 3 --out $(GPU_OUT)/data-parallel
-	cat $(GPU_OUT)/real-size-124m.txt $(GPU_OUT)/real-size-1b.txt $(GPU_OUT)/lora-bf16-base.txt \
-		$(GPU_OUT)/memory.txt
 
 # PPO with and without the pretraining mix on the default task, 3 seeds, 12 evaluations each (about 45 min
 # with 2 workers; resumable), then the alignment tax at equal gold

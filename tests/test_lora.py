@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from agents import PPO, REINFORCE
+from agents import PPO, REINFORCE, EpsilonGreedyPPO
 from agents.rollout import collect
 from agents.train import main
 from textenv import toy
@@ -315,14 +315,17 @@ def test_every_minibatch_of_a_mixed_precision_update_sees_the_weights_of_the_las
 
 
 # ------------------------------------------------------------------------------ frozen weights in bf16
-@pytest.mark.parametrize("lora", [None, 4])
+@pytest.mark.parametrize("setting", ["full", "lora", "egreedy-per-token"])
 def test_frozen_dtype_holds_the_weights_that_never_train_in_bf16_and_training_goes_on(
-    make_vec, tokenizer, lora
+    make_vec, tokenizer, setting
 ):
     """``frozen_dtype``: the reference (a frozen copy, or with LoRA the base under the adapters) in bf16,
-    the weights that train as they were; a bf16 rollout then casts no frozen weight, and PPO trains."""
+    the weights that train as they were; a bf16 rollout then casts no frozen weight (ε-greedy's reference
+    cache in the decode loop and a per-token KL's included), and the agent trains."""
+    lora = 4 if setting == "lora" else None
+    placement = "per_token" if setting == "egreedy-per-token" else "terminal"
     env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, lora=lora,
-                   frozen_dtype=torch.bfloat16, max_new_tokens=12)  # fmt: skip
+                   frozen_dtype=torch.bfloat16, max_new_tokens=12, kl_placement=placement)  # fmt: skip
     policy, reference = env.unwrapped.policy, env.unwrapped.reference
     trained = {n: p for n, p in policy.named_parameters() if p.requires_grad}
     frozen = [p for p in reference.parameters() if not p.requires_grad]
@@ -333,7 +336,10 @@ def test_frozen_dtype_holds_the_weights_that_never_train_in_bf16_and_training_go
     else:
         assert len(trained) == len(list(policy.parameters()))  # a policy trained whole is left as it is
 
-    agent = PPO(env, seed=0, mixed_precision="bf16")
+    if setting == "egreedy-per-token":
+        agent = EpsilonGreedyPPO(env, seed=0, mixed_precision="bf16", exploration="reference_top_k")
+    else:
+        agent = PPO(env, seed=0, mixed_precision="bf16")
     counter = _WeightCasts([p for p in frozen if p.dim() == 2])
     with counter:
         rollout = agent.collect_rollout()
