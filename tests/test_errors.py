@@ -180,6 +180,12 @@ def test_policy_and_reference_vocabularies_must_match(make_env, tokenizer):
         make_env(reference=other)
 
 
+def test_the_policy_object_cannot_be_its_own_reference(make_env, policy):
+    with pytest.raises(ValueError, match="reference is the policy object itself"):
+        make_env(policy=policy, reference=policy)
+    assert all(p.requires_grad for p in policy.parameters())  # refused before anything was frozen
+
+
 def test_tokenizer_without_pad_token_is_handled_and_left_unchanged(make_env):
     tokenizer = toy.toy_tokenizer(pad_token=False)
     assert tokenizer.pad_token is None

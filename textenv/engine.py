@@ -111,6 +111,11 @@ class RLHFEngine:
         self.held_kl: list[tuple[float, int]] = []
 
         # models: the policy is shared with the agent (never copied); the reference is frozen
+        if isinstance(policy, torch.nn.Module) and reference is policy:  # (equal paths load twice: fine)
+            raise ValueError(
+                "reference is the policy object itself: freezing it would freeze the policy, and the KL "
+                "would always be 0. Leave reference=None for a frozen copy of the initial policy"
+            )
         first = policy if policy is not None else reference
         if device is None:
             device = model_device(first) if isinstance(first, torch.nn.Module) else "cpu"
