@@ -205,6 +205,7 @@ class Agent:
             self.trainable_parameters(), lr=self.config.learning_rate, eps=self.config.adam_eps
         )
         self.autocast_dtype = MIXED_PRECISION[self.config.mixed_precision]
+        self._check_frozen_dtypes(env)
         # fp16's narrow range needs the loss scaled up before backward (bf16 has float32's range)
         self.grad_scaler = (
             torch.amp.GradScaler(self.device.type) if self.config.mixed_precision == "fp16" else None
@@ -225,6 +226,28 @@ class Agent:
     # ------------------------------------------------------------------ pieces the agents fill in
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _check_frozen_dtypes(self, env: gym.vector.VectorEnv) -> None:
+        """Refuse frozen weights held in one half precision while autocast computes in the other: every
+        pass would cast them again (what ``frozen_dtype`` is for is sparing that), and on CPU a layer norm
+        refuses half-precision weights under autocast to the other."""
+        if self.autocast_dtype is None:
+            return
+        models = (self.model.policy, env.unwrapped.reference)  # type: ignore[attr-defined]
+        held = {
+            p.dtype
+            for m in models
+            for p in m.parameters()
+            if not p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)
+        }
+        other = sorted(str(dtype).removeprefix("torch.") for dtype in held - {self.autocast_dtype})
+        if other:
+            name = str(self.autocast_dtype).removeprefix("torch.")
+            raise ValueError(
+                f"the frozen weights are held in {', '.join(other)} and mixed_precision="
+                f"{self.config.mixed_precision!r} computes in {name}: hold them in {name} "
+                f"(the env's frozen_dtype={name!r}) or in float32, or choose the matching mixed_precision"
+            )
 
     def exploration(self) -> Exploration | None:
         """The behaviour policy's extra exploration (None: sample from the policy itself)."""

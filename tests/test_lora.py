@@ -354,6 +354,16 @@ def test_frozen_dtype_holds_the_weights_that_never_train_in_bf16_and_training_go
     assert all(torch.equal(a, b) for a, b in zip(frozen_start, frozen, strict=True))
 
 
+@pytest.mark.parametrize(("held", "precision"), [("float16", "bf16"), ("bfloat16", "fp16")])
+def test_frozen_weights_in_the_other_half_precision_than_autocast_are_refused(
+    make_vec, tokenizer, held, precision
+):
+    env = make_vec(2, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, frozen_dtype=held)
+    with pytest.raises(ValueError, match=f"frozen weights are held in {held} and mixed_precision"):
+        PPO(env, mixed_precision=precision)
+    PPO(env, mixed_precision="no")  # without autocast they compute in their own dtype
+
+
 def test_a_float32_lora_base_is_cast_on_every_pass_of_a_bf16_rollout(make_vec, tokenizer):
     """What ``frozen_dtype`` spares: left in float32, LoRA's base is cast again at every token."""
     env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, lora=4, max_new_tokens=12)
