@@ -31,6 +31,12 @@ def test_agent_specs_parse_and_print_canonically():
         AgentSpec.parse("a2c")
     with pytest.raises(SystemExit, match="key=value"):
         AgentSpec.parse("ppo:learning_rate")
+    # the env's settings go to the env, the rest to the agent
+    lora = benchmark.expected_config(
+        AgentSpec.parse("ppo:lora=8,frozen_dtype=bfloat16,learning_rate=1e-3"), "reviews"
+    )
+    assert lora is not None and lora["learning_rate"] == 0.001 and "lora" not in lora
+    assert lora["env_kwargs"]["lora"] == 8 and lora["env_kwargs"]["frozen_dtype"] == "bfloat16"
 
 
 def test_budgets_for_every_task_or_one():
