@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -139,6 +140,8 @@ _POSITIVE = {
 _UNIT_INTERVAL = {"gamma", "lam", "baseline_decay", "top_p"}
 
 
+HALF = {"bfloat16", "float16"}
+
 #: ``mixed_precision`` settings and the dtype each autocasts to.
 MIXED_PRECISION: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -228,9 +231,18 @@ class Agent:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def _check_frozen_dtypes(self, env: gym.vector.VectorEnv) -> None:
-        """Refuse frozen weights held in one half precision while autocast computes in the other: every
-        pass would cast them again (what ``frozen_dtype`` is for is sparing that), and on CPU a layer norm
-        refuses half-precision weights under autocast to the other."""
+        """Warn when weights that train are in half precision (a policy object given in bf16), and refuse
+        frozen weights held in one half precision while autocast computes in the other: every pass would
+        cast them again (what ``frozen_dtype`` is for is sparing that), and on CPU a layer norm refuses
+        half-precision weights under autocast to the other."""
+        half = sorted({str(p.dtype).removeprefix("torch.") for p in self.trainable_parameters()} & HALF)
+        if half:
+            warnings.warn(
+                f"the policy trains weights held in {', '.join(half)}: Adam's steps smaller than their "
+                "rounding are lost. Load it in float32 (a path or hub name loads so) and set "
+                "mixed_precision for bf16 speed",
+                stacklevel=3,
+            )
         if self.autocast_dtype is None:
             return
         models = (self.model.policy, env.unwrapped.reference)  # type: ignore[attr-defined]

@@ -46,6 +46,30 @@ def test_reference_defaults_to_a_copy_of_a_policy_loaded_by_path(make_env, saved
     assert info["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_models_saved_in_bf16_load_in_float32_and_frozen_dtype_loads_frozen_ones_in_bf16(
+    tmp_path, policy, tokenizer, make_env
+):
+    """transformers 5 loads a checkpoint in the dtype it was saved in: a policy saved in bf16 would train
+    bf16 weights. By path, models load in float32 (as trl's do) unless they never train and
+    ``frozen_dtype`` says otherwise."""
+    folder = tmp_path / "bf16"
+    policy.to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    def dtypes(model) -> set[torch.dtype]:
+        return {p.dtype for p in model.parameters()}
+
+    env = make_env(policy=str(folder), reference=folder, tokenizer=None).unwrapped
+    assert dtypes(env.policy) == dtypes(env.reference) == {torch.float32}
+    env = make_env(policy=str(folder), reference=folder, tokenizer=None, frozen_dtype="bf16").unwrapped
+    assert dtypes(env.policy) == {torch.float32} and dtypes(env.reference) == {torch.bfloat16}
+    pytest.importorskip("peft")
+    env = make_env(policy=str(folder), reference=None, tokenizer=None, frozen_dtype="bf16", lora=2).unwrapped
+    trained = {p.dtype for p in env.policy.parameters() if p.requires_grad}
+    frozen = {p.dtype for p in env.policy.parameters() if not p.requires_grad}
+    assert trained == {torch.float32} and frozen == {torch.bfloat16}
+
+
 def test_safetensors_only(tmp_path, policy, tokenizer, make_env):
     policy.config.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
@@ -66,6 +90,7 @@ def test_trust_remote_code_is_off_unless_asked(monkeypatch, saved, make_env):
     make_env(policy=str(saved["policy"]), reference=None, tokenizer=None)
     make_env(policy=str(saved["policy"]), reference=None, tokenizer=None, trust_remote_code=True)
     assert [c["trust_remote_code"] for c in calls] == [False, True]
+    assert all(c["dtype"] == torch.float32 for c in calls)
     assert all(c["use_safetensors"] is True for c in calls)
 
 

@@ -364,6 +364,12 @@ def test_frozen_weights_in_the_other_half_precision_than_autocast_are_refused(
     PPO(env, mixed_precision="no")  # without autocast they compute in their own dtype
 
 
+def test_a_policy_that_trains_half_precision_weights_is_warned_about(make_vec, tokenizer):
+    env = make_vec(2, policy=toy.toy_causal_lm(tokenizer, seed=1).to(torch.bfloat16), reference=None)
+    with pytest.warns(UserWarning, match="the policy trains weights held in bfloat16"):
+        PPO(env)
+
+
 def test_a_float32_lora_base_is_cast_on_every_pass_of_a_bf16_rollout(make_vec, tokenizer):
     """What ``frozen_dtype`` spares: left in float32, LoRA's base is cast again at every token."""
     env = make_vec(8, policy=toy.toy_causal_lm(tokenizer, seed=1), reference=None, lora=4, max_new_tokens=12)

@@ -120,9 +120,17 @@ class RLHFEngine:
         if device is None:
             device = model_device(first) if isinstance(first, torch.nn.Module) else "cpu"
         self.device = torch.device(device)
+        # frozen_dtype: the weights that never train load in it (a LoRA policy's base: all of it, before
+        # the adapters are added); the others load in float32
+        frozen = FROZEN_DTYPES[config.frozen_dtype] if config.frozen_dtype is not None else None
         self.policy: PreTrainedModel | None = None
         if policy is not None:
-            self.policy = load_causal_lm(policy, device=self.device, trust_remote_code=trust_remote_code)
+            self.policy = load_causal_lm(
+                policy,
+                device=self.device,
+                trust_remote_code=trust_remote_code,
+                dtype=frozen if frozen is not None and config.lora is not None else torch.float32,
+            )
         if config.lora is not None:
             if self.policy is None or is_peft_model(self.policy):
                 raise ValueError(
@@ -133,21 +141,20 @@ class RLHFEngine:
         if reference is None:
             assert self.policy is not None
             # LoRA: the base weights are the reference (the adapters switched off), not a second copy
-            frozen = FROZEN_DTYPES[config.frozen_dtype] if config.frozen_dtype is not None else None
             reference = (
                 AdaptersOff(self.policy) if is_peft_model(self.policy) else frozen_copy(self.policy, frozen)
             )
         self.reference: PreTrainedModel = load_causal_lm(
-            reference, device=self.device, trust_remote_code=trust_remote_code
+            reference, device=self.device, trust_remote_code=trust_remote_code, dtype=frozen or torch.float32
         )
         self.reference.requires_grad_(False)
-        if config.frozen_dtype is not None:
+        if frozen is not None:
             # the weights that never train: the reference's, and a LoRA policy's base (shared with its
-            # reference view); a policy trained whole has none and stays as it is
-            dtype = FROZEN_DTYPES[config.frozen_dtype]
+            # reference view); a policy trained whole has none and stays as it is. Models loaded here are
+            # in that dtype already; objects given are cast in place
             for model in (self.policy, self.reference):
                 if model is not None and not isinstance(model, AdaptersOff):
-                    cast_frozen_weights(model, dtype)
+                    cast_frozen_weights(model, frozen)
         self.vocab_size = output_vocab_size(self.reference)
         if self.policy is not None and output_vocab_size(self.policy) != self.vocab_size:
             raise ValueError(

@@ -50,10 +50,19 @@ def quiet_loading() -> Iterator[None]:
 
 
 def load_causal_lm(
-    spec: ModelSpec, *, device: torch.device | None = None, trust_remote_code: bool = False
+    spec: ModelSpec,
+    *,
+    device: torch.device | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> PreTrainedModel:
     """Return a causal LM: ``spec`` itself if it is a model (a peft model with adapters and its
-    :class:`textenv.lora.AdaptersOff` view included), else ``from_pretrained(spec)``."""
+    :class:`textenv.lora.AdaptersOff` view included), else ``from_pretrained(spec)`` in ``dtype``.
+
+    A path or hub name loads in float32 unless told otherwise, as trl loads its models: transformers 5
+    otherwise loads a checkpoint in the dtype it was saved in (most hub models: bf16), and a policy saved in
+    bf16 would then train bf16 weights, whose small Adam steps round away. A model object is used as it is.
+    """
     from textenv.lora import AdaptersOff, is_peft_model
 
     model: Any
@@ -62,7 +71,7 @@ def load_causal_lm(
     elif isinstance(spec, str | os.PathLike):
         with quiet_loading():
             model = AutoModelForCausalLM.from_pretrained(
-                os.fspath(spec), use_safetensors=True, trust_remote_code=trust_remote_code
+                os.fspath(spec), use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
             )
     else:
         raise TypeError(
